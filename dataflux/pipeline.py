@@ -128,7 +128,10 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
             rejects.append(obj)
             items.append(_ledger(obj.source, obj.source_id, None, "rejected:" + obj.reason, None))
             continue
-        analysed = analyze_item(obj, _leaves_to_measure(obj, leaf_ids, claims_only), **limits)
+        try:
+            analysed = analyze_item(obj, _leaves_to_measure(obj, leaf_ids, claims_only), **limits)
+        except Exception as e:  # one clip the analysis cannot handle must not sink its partition
+            analysed = Reject(obj.source, obj.source_id, "analyze", "analysis_error", f"{type(e).__name__}: {e}")
         if isinstance(analysed, Reject):
             rejects.append(analysed)
             items.append(_ledger(obj.source, obj.source_id, analysed.audio_sha256, "rejected:" + analysed.reason,

@@ -72,7 +72,7 @@ class Reject:
 
     source: str
     source_id: str
-    stage: str  # source | decode | quality | generate | answer | verify | filter | llm
+    stage: str  # source | decode | analyze | quality | generate | answer | verify | filter | llm
     reason: str  # a short stable code, e.g. "unreadable", "nan_samples", "judge_discard"
     detail: str = ""
     sample_id: str | None = None

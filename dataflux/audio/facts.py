@@ -156,7 +156,9 @@ class _Analysis:
             if fh > 0.45 * self.sr:
                 break
             c = int(round(fh / df))
-            sl = slice(max(c - 2, 0), c + 3)
+            sl = slice(max(c - 2, 0), min(c + 3, p.size))
+            if sl.start >= sl.stop:
+                break
             mask[sl] = True
             harm_power.append(float(p[sl].max()))
         ratio = float(p[mask & band].sum() / total)
@@ -184,7 +186,10 @@ class _Analysis:
             return float(k)
         a, b, c = np.log(np.maximum(p[k - 1:k + 2], 1e-30))
         den = a - 2 * b + c
-        return float(k + (0.5 * (a - c) / den if den != 0 else 0.0))
+        # k is the maximum, so the vertex lies within half a bin; a flat top (den ~ 0) would
+        # otherwise throw it arbitrarily far
+        offset = 0.5 * (a - c) / den if den < 0 else 0.0
+        return float(k + min(0.5, max(-0.5, offset)))
 
     @cached_property
     def is_tonal(self) -> bool:
