@@ -112,6 +112,7 @@ class TrainSpec:
     keep_checkpoints: int = 2
     eval_every: int = 0  # > 0: teacher-forced answer accuracy on validation rows every N steps (cheap)
     eval_every_rows: int = 256
+    stop_at_accuracy: float | None = None  # stop once every category's validation accuracy reaches this
     eval_split: str = "test"
     eval_batch_size: int = 64
     eval_max_rows: int | None = None
@@ -527,6 +528,7 @@ def train(
     window: dict[str, list] = {"loss": [], "lm_loss": [], "aux": []}
     counts_window = None
     status = "completed"
+    stop_reason = "max_steps"
     model.train()
     try:
         while progress.step < spec.max_steps:
@@ -560,22 +562,35 @@ def train(
                     line["expert_tokens"] = counts_window.tolist()
                 _append_jsonl(metrics_file, line)
                 log(json.dumps(line))
+            reached = False
             if val_loader is not None and progress.step % spec.eval_every == 0:
                 val_loader.epoch = val_loader.batches_done = 0
                 line = {"step": progress.step, "validation": answer_accuracy(accelerator.unwrap_model(model), val_loader)}
                 _append_jsonl(metrics_file, line)
                 log(json.dumps(line))
+                by = line["validation"]["by_category"]
+                reached = bool(spec.stop_at_accuracy is not None and by and min(by.values()) >= spec.stop_at_accuracy)
+            if spec.stop_at_accuracy is not None and spec.eval_every and progress.step % spec.eval_every == 0:
+                # only the main process scores; every process must agree to stop at the same step
+                flag = accelerator.reduce(torch.tensor([float(reached)], device=accelerator.device), "sum")
+                reached = bool(flag.item() > 0)
             if progress.step % spec.log_every == 0:
                 window = {k: [] for k in window}
                 counts_window = None
             out_of_time = spec.max_minutes is not None and progress.elapsed_s > 60 * spec.max_minutes
             stopping = stop_after_steps is not None and progress.step >= stop_after_steps
-            if progress.step % spec.save_every == 0 or out_of_time or stopping:
+            if progress.step % spec.save_every == 0 or out_of_time or stopping or reached:
                 _save_checkpoint(accelerator, run_dir, progress.step, spec.keep_checkpoints)
+            if reached:
+                stop_reason = "validation_target"
+                if main:
+                    log(f"every validation category at or above {spec.stop_at_accuracy} at step {progress.step}; stopping")
+                break
             if stopping:
                 status = "interrupted"
                 break
             if out_of_time:
+                stop_reason = "time_budget"
                 if main:
                     log(f"time budget of {spec.max_minutes} min spent at step {progress.step}")
                 break
@@ -599,7 +614,7 @@ def train(
     else:
         state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
     train_minutes = progress.elapsed_s / 60
-    metrics: dict[str, Any] = {"steps": progress.step, "examples": progress.examples,
+    metrics: dict[str, Any] = {"steps": progress.step, "examples": progress.examples, "stop_reason": stop_reason,
                                "train_minutes": round(train_minutes, 3), "trainable_parameters": trainable,
                                "parameters": sum(p.numel() for p in unwrapped.parameters()),
                                "last_loss": float(np.mean(window["loss"])) if window["loss"] else None}

@@ -182,3 +182,13 @@ def test_two_process_ddp_run_under_torchrun_completes_and_records(version, tmp_p
     assert max(_losses(tmp_path / "ddp")) == 3
     records = [r for r in Catalog(catalog).trainings(vid) if r["checkpoint"] == str(tmp_path / "ddp" / "final")]
     assert len(records) == 1 and records[0]["status"] == "completed"
+
+
+def test_training_stops_once_every_validation_category_reaches_the_target(version, tmp_path):
+    catalog, vid = version
+    reachable = _config(tmp_path, eval_every=2, stop_at_accuracy=0.0, max_steps=40)
+    result = train(vid, reachable, catalog_path=catalog, output_dir=tmp_path / "early", evaluate=False, record=False)
+    assert result["metrics"]["stop_reason"] == "validation_target" and result["metrics"]["steps"] == 2
+    unreachable = _config(tmp_path, eval_every=2, stop_at_accuracy=1.01, max_steps=4)
+    result = train(vid, unreachable, catalog_path=catalog, output_dir=tmp_path / "full", evaluate=False, record=False)
+    assert result["metrics"]["stop_reason"] == "max_steps" and result["metrics"]["steps"] == 4
