@@ -1,0 +1,67 @@
+"""The tiny preset learns the demo: held-out accuracy over every category, within the time budget.
+
+This is the trainer's end-to-end claim: a demo version built by the real synthesis flow, the tiny
+preset (MoE adapter) trained on 2 CPU cores for at most `train.max_minutes`, then scored on the
+test split (clips never seen in training) as MMAU scores it (option text) and as exact answers
+(letter and text), per category, against the audio-zeroed baseline, with the expert load checked
+for collapse.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dataflux.config import demo_config
+from dataflux.storage.catalog import Catalog
+
+PRESET = str(Path(__file__).resolve().parents[1] / "modeling" / "configs" / "tiny.yaml")
+DEMO_CLIPS = 2000
+OVERALL_FLOOR = 0.85
+CATEGORY_FLOOR = 0.40
+CHANCE = 0.25  # four options
+
+
+@pytest.fixture(scope="module")
+def demo_training(tmp_path_factory):
+    home = tmp_path_factory.mktemp("accuracy-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DATAFLUX_HOME", str(home))
+    from flows.synthesize import run_synthesis
+    from modeling.train import train
+
+    summary = run_synthesis(demo_config(size=DEMO_CLIPS, seed=0, error_rate=0.1, partitions=8), name="demo")
+    catalog = home / "catalog.duckdb"
+    result = train(summary["version"], PRESET, catalog, tmp_path_factory.mktemp("run"))
+    yield summary["version"], catalog, result
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_tiny_moe_preset_learns_every_demo_category_within_budget(demo_training):
+    version, catalog, result = demo_training
+    metrics = result["metrics"]
+    budget = yaml.safe_load(open(PRESET))["train"]["max_minutes"]
+    assert budget <= 10 and metrics["train_minutes"] <= budget + 0.5
+    assert 1_000_000 <= metrics["parameters"] <= 2_000_000
+    audio = metrics["audio"]
+    report = json.dumps({k: metrics[k] for k in ("steps", "stop_reason", "train_minutes")}) + json.dumps(
+        audio["by_category"], indent=1)
+    assert set(audio["by_category"]) == {"tone_pitch", "waveform", "beep_count", "click_tempo", "noise_colour",
+                                         "loudness", "duration", "speaking_rate"}, report
+    # Regression floors under what the preset reaches (see the README's training figures); the
+    # 95%-on-every-category goal is not met yet by the slowest categories.
+    assert audio["exact_accuracy"] >= OVERALL_FLOOR and audio["mmau_accuracy"] >= OVERALL_FLOOR, report
+    for cat, m in audio["by_category"].items():
+        assert m["n"] >= 20, f"too few held-out {cat} questions to score: {m['n']}"
+        assert m["exact_accuracy"] >= CATEGORY_FLOOR, f"{cat}: exact {m['exact_accuracy']:.3f}\n{report}"
+    # With one second of silence in place of every clip the model is at chance: the questions cannot
+    # be answered from the text. (Silence of the clip's own length still gives away its duration.)
+    assert abs(metrics["fixed_silence"]["exact_accuracy"] - CHANCE) <= 0.10, metrics["fixed_silence"]
+    load = metrics["expert_load"]
+    assert load["load_balance_lower_bound_ok"] and load["min_share_of_fair"] >= 0.25, load
+    (record,) = Catalog(catalog, read_only=True).trainings(version)
+    assert record["status"] == "completed"
