@@ -130,6 +130,7 @@ class BucketBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        balance_categories: float = 0.0,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -140,7 +141,28 @@ class BucketBatchSampler:
         self.max_batch_seconds = max_batch_seconds
         self.shards_per_window, self.pool_batches = shards_per_window, pool_batches
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        if not 0.0 <= balance_categories <= 1.0:
+            raise ValueError(f"balance_categories must be between 0 and 1, got {balance_categories}")
+        self.balance_categories = balance_categories if shuffle else 0.0
         self._plans: dict[int, list[np.ndarray]] = {}
+
+    def _epoch_positions(self, rng: np.random.Generator) -> np.ndarray:
+        """The positions one epoch draws from. With `balance_categories` = a > 0 each category (l3) gets
+        a share of the epoch proportional to n_c ** (1 - a) (a = 1: every category equally often):
+        every row of a category is used once per pass and rare categories are drawn again, without
+        replacement inside a pass, until their share is filled. The epoch keeps len(positions) rows."""
+        if not self.balance_categories:
+            return self.positions
+        cats = self.index.l3[self.positions]
+        names, counts = np.unique(cats, return_counts=True)
+        weights = counts.astype(np.float64) ** (1.0 - self.balance_categories)
+        quota = np.floor(len(self.positions) * weights / weights.sum()).astype(int)
+        chosen = []
+        for name, q in zip(names, quota):
+            pool = self.positions[cats == name]
+            passes = [rng.permutation(pool) for _ in range(-(-q // len(pool)))]
+            chosen.append(np.concatenate(passes)[:q] if passes else pool[:0])
+        return np.sort(np.concatenate(chosen))
 
     def _cut(self, pos: np.ndarray) -> list[np.ndarray]:
         """Cut duration-ordered positions into batches of at most batch_size and max_batch_seconds."""
@@ -161,13 +183,14 @@ class BucketBatchSampler:
         if epoch in self._plans:
             return self._plans[epoch]
         rng = np.random.default_rng([self.seed, epoch])
-        shards = np.unique(self.index.shard[self.positions])
+        positions = self._epoch_positions(rng)
+        shards = np.unique(self.index.shard[positions])
         if self.shuffle:
             shards = rng.permutation(shards)
         dur = self.index.duration_s
         batches: list[np.ndarray] = []
         for w in range(0, len(shards), self.shards_per_window):
-            window = self.positions[np.isin(self.index.shard[self.positions], shards[w : w + self.shards_per_window])]
+            window = positions[np.isin(self.index.shard[positions], shards[w : w + self.shards_per_window])]
             window = rng.permutation(window) if self.shuffle else window
             pool = self.batch_size * self.pool_batches
             window_batches = []
@@ -389,11 +412,12 @@ def build_loader(
     max_epochs: int | None = None,
     drop_last: bool = False,
     prefetch: int = 0,
+    balance_categories: float = 0.0,
 ) -> TrainLoader:
     """A loader over `split` of a version index (see `TrainLoader`)."""
     sampler = BucketBatchSampler(index, index.rows_of(split), batch_size, seed=seed, shuffle=shuffle,
                                  max_batch_seconds=max_batch_seconds, rank=rank, world_size=world_size,
-                                 drop_last=drop_last)
+                                 drop_last=drop_last, balance_categories=balance_categories)
     return TrainLoader(sampler, RowReader(index, cache_shards=sampler.shards_per_window),
                        Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens), max_epochs=max_epochs,
                        prefetch=prefetch)

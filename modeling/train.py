@@ -107,6 +107,7 @@ class TrainSpec:
     seed: int = 0
     zero_audio: bool = False  # train on silence: the audio-blind baseline
     pack_tokens: int = 0  # > 0: pack examples into rows of at most this many tokens
+    balance_categories: float = 0.0  # 0: rows as they come; 1: every category (l3) equally often per epoch
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -494,7 +495,8 @@ def train(
     loader = build_loader(index, processor, "train", spec.batch_size, seed=spec.seed, shuffle=True,
                           max_batch_seconds=spec.max_batch_seconds, zero_audio=spec.zero_audio,
                           pack_tokens=spec.pack_tokens, rank=accelerator.process_index,
-                          world_size=accelerator.num_processes, drop_last=True, prefetch=spec.prefetch)
+                          world_size=accelerator.num_processes, drop_last=True, prefetch=spec.prefetch,
+                          balance_categories=spec.balance_categories)
     progress = Progress()
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler, loader, progress)

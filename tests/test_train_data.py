@@ -162,3 +162,29 @@ def test_packed_rows_give_the_same_loss_as_padded_rows(index, processor):
         a = model(**tensors(padded)).lm_loss
         b = model(**tensors(packed)).lm_loss
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _index_of(categories: list[str]) -> VersionIndex:
+    n = len(categories)
+    return VersionIndex(paths=["a.parquet", "b.parquet"], shard=np.arange(n) % 2, row=np.arange(n) // 2,
+                        sample_id=np.array([f"s{i}" for i in range(n)], dtype=object),
+                        split=np.array(["train"] * n, dtype=object), duration_s=np.linspace(1, 3, n),
+                        l3=np.array(categories, dtype=object))
+
+
+def test_balanced_sampling_gives_rare_categories_an_equal_share_and_uses_every_row():
+    index = _index_of(["common"] * 90 + ["rare"] * 10)
+    plain = BucketBatchSampler(index, index.rows_of("train"), 10, seed=1)
+    balanced = BucketBatchSampler(index, index.rows_of("train"), 10, seed=1, balance_categories=1.0)
+    for sampler, rare_share in ((plain, 10), (balanced, 50)):
+        drawn = np.concatenate(sampler.plan(0))
+        assert len(drawn) == 100
+        assert int((index.l3[drawn] == "rare").sum()) == rare_share
+    drawn = np.concatenate(balanced.plan(0))
+    rare = drawn[index.l3[drawn] == "rare"]
+    assert sorted(set(rare.tolist())) == list(range(90, 100))  # every rare row, each 5 times
+    assert np.bincount(rare - 90).tolist() == [5] * 10
+    assert [b.tolist() for b in balanced.plan(0)] == [b.tolist() for b in BucketBatchSampler(
+        index, index.rows_of("train"), 10, seed=1, balance_categories=1.0).plan(0)]  # deterministic
+    with pytest.raises(ValueError, match="balance_categories"):
+        BucketBatchSampler(index, index.rows_of("train"), 10, balance_categories=2.0)
