@@ -41,14 +41,13 @@ def _row(name: str, metrics: dict) -> dict:
 
 
 def _demo_version(home: Path, size: int) -> tuple[str, str]:
+    """Build the demo version with the synthesis flow in `home`; returns (version id, catalog path)."""
     os.environ["DATAFLUX_HOME"] = str(home)
-    from dataflux.cli import main as dataflux_main
-    from dataflux.storage.catalog import Catalog
+    from dataflux.config import demo_config
+    from flows.synthesize import run_synthesis
 
-    dataflux_main(["demo", "--size", str(size), "--quiet"])
-    catalog = home / "catalog.duckdb"
-    versions = [v for v in Catalog(catalog, read_only=True).list_versions() if v["status"] == "finalized"]
-    return versions[-1]["version_id"], str(catalog)
+    config = demo_config(size=size)
+    return run_synthesis(config, name="demo")["version"], str(config.catalog_path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -565,14 +565,15 @@ def train(
                 _append_jsonl(metrics_file, line)
                 log(json.dumps(line))
             reached = False
-            if val_loader is not None and progress.step % spec.eval_every == 0:
+            eval_step = bool(spec.eval_every) and progress.step % spec.eval_every == 0
+            if val_loader is not None and eval_step:
                 val_loader.epoch = val_loader.batches_done = 0
                 line = {"step": progress.step, "validation": answer_accuracy(accelerator.unwrap_model(model), val_loader)}
                 _append_jsonl(metrics_file, line)
                 log(json.dumps(line))
                 by = line["validation"]["by_category"]
                 reached = bool(spec.stop_at_accuracy is not None and by and min(by.values()) >= spec.stop_at_accuracy)
-            if spec.stop_at_accuracy is not None and spec.eval_every and progress.step % spec.eval_every == 0:
+            if spec.stop_at_accuracy is not None and eval_step:
                 # only the main process scores; every process must agree to stop at the same step
                 flag = accelerator.reduce(torch.tensor([float(reached)], device=accelerator.device), "sum")
                 reached = bool(flag.item() > 0)

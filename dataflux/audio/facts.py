@@ -156,9 +156,7 @@ class _Analysis:
             if fh > 0.45 * self.sr:
                 break
             c = int(round(fh / df))
-            sl = slice(max(c - 2, 0), min(c + 3, p.size))
-            if sl.start >= sl.stop:
-                break
+            sl = slice(max(c - 2, 0), c + 3)
             mask[sl] = True
             harm_power.append(float(p[sl].max()))
         ratio = float(p[mask & band].sum() / total)
