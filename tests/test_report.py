@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,13 @@ def test_finalization_publishes_the_summary_as_a_prefect_artifact(demo_version):
     assert mine[0].type == "markdown"
     assert f"# DataFlux version `{summary['version']}`" in mine[0].data
     assert mine[0].flow_run_id is not None
+
+
+def test_markdown_summary_does_not_need_the_plotting_library():
+    # matplotlib comes with the `ops` extra; `make demo` publishes its summary artifact without it
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from dataflux.report import summary_markdown, version_markdown\n"
+            "from flows.deploy import publish_version_artifact\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,11 +14,10 @@ from pathlib import Path
 
 from dataflux.report.card import dataset_card
 from dataflux.report.facts import VersionFacts, load_version_facts, read_version_rows
-from dataflux.report.html import render_html
 from dataflux.report.summary import version_markdown
 
 __all__ = ["ReportFiles", "VersionFacts", "dataset_card", "load_version_facts", "read_version_rows",
-           "render_html", "summary_markdown", "version_markdown", "write_report"]
+           "summary_markdown", "version_markdown", "write_report"]
 
 
 @dataclass
@@ -39,6 +38,8 @@ def write_report(catalog, vid: str, out_dir: str | os.PathLike, *, copy_shards: 
     `copy_shards=True` also copies the version's verified shards to `<out_dir>/data/`, so the
     directory is a ready `datasets` repository (the card's `configs` point at `data/*.parquet`).
     """
+    from dataflux.report.html import render_html  # plots need matplotlib; the Markdown summary does not
+
     facts = load_version_facts(catalog, vid)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
