@@ -39,7 +39,7 @@ class EurekaAudioOutput(ModelOutput):
     aux_loss: torch.Tensor | None = None
     load_balance: torch.Tensor | None = None
     expert_counts: torch.Tensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None  # the LM's KV cache (transformers 5.24 renamed past_key_values to cache)
 
 
 def cut_windows(
@@ -213,23 +213,25 @@ class EurekaAudioForCausalLM(EurekaAudioPreTrainedModel):
         feature_lengths: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> EurekaAudioOutput:
         """input_ids (B, L) with `<|audio_pad|>` runs, attention_mask (B, L), input_features (B_a, M, F),
         feature_lengths (B_a,), labels (B, L) with -100 on positions that carry no loss. Packed rows pass
-        position_ids that restart at 0 for each packed example and no attention_mask."""
+        position_ids that restart at 0 for each packed example and no attention_mask. `cache` is the LM's
+        KV cache (its older name `past_key_values` is accepted too)."""
+        cache = kwargs.pop("past_key_values", cache)
         inputs_embeds, aux = self.build_inputs_embeds(input_ids, input_features, feature_lengths)
         if use_cache is None:
             # no cache unless asked: a cache also disables the LM's detection of packed rows
-            use_cache = past_key_values is not None
+            use_cache = cache is not None
         out = self.llm(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             labels=labels,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **kwargs,
         )
@@ -244,7 +246,7 @@ class EurekaAudioForCausalLM(EurekaAudioPreTrainedModel):
             aux_loss=aux_loss,
             load_balance=aux.load_balance if aux is not None else None,
             expert_counts=aux.expert_counts if aux is not None else None,
-            past_key_values=getattr(out, "past_key_values", None),
+            cache=getattr(out, "cache", None),
         )
 
     @torch.no_grad()
