@@ -272,6 +272,34 @@ def decode_row_audio(row: dict[str, Any], sampling_rate: int = 16000) -> np.ndar
     return y
 
 
+class ExampleCache:
+    """Tokenized examples and their log-mel features by sample_id, least recently used evicted past
+    `max_mb` of feature memory. A small version fits whole, and every epoch after the first then
+    skips decoding and features (the training step gets both cores)."""
+
+    def __init__(self, max_mb: float):
+        self.max_bytes = int(max_mb * 2**20)
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._items: OrderedDict[str, tuple[Any, torch.Tensor]] = OrderedDict()
+
+    def get_or_make(self, key: str, make) -> tuple[Any, torch.Tensor]:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+        self.misses += 1
+        item = make()
+        size = item[1].numel() * item[1].element_size()
+        self._items[key] = item
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old[1].numel() * old[1].element_size()
+        return item
+
+
 class Collator:
     """Rows -> a model batch through the processor.
 
@@ -280,25 +308,49 @@ class Collator:
     `pack_tokens` tokens; position_ids (B, L) restart at 0 for each example and there is no
     attention_mask (the LM then builds a block-diagonal causal mask from the position resets).
     `zero_audio` replaces every clip by silence of the same length (the audio-blind baseline).
+    `cache_mb` > 0 keeps examples (tokens and features) in an `ExampleCache` of that size.
     Also returns `sample_id` and `l3` lists for bookkeeping.
     """
 
-    def __init__(self, processor: EurekaAudioProcessor, zero_audio: bool = False, pack_tokens: int = 0):
+    def __init__(self, processor: EurekaAudioProcessor, zero_audio: bool = False, pack_tokens: int = 0,
+                 cache_mb: float = 0.0):
         self.processor = processor
         self.zero_audio = zero_audio
         self.pack_tokens = pack_tokens
+        self.cache = ExampleCache(cache_mb) if cache_mb > 0 else None
+
+    def _example(self, row: dict[str, Any]) -> tuple[Any, torch.Tensor]:
+        """One row -> (Encoded tokens, features (M, F_i)); features computed for the clip alone, so a
+        cached example is the same numbers whatever batch it first came in."""
+        p = self.processor
+        audio = decode_row_audio(row, p.sampling_rate)
+        if self.zero_audio:
+            audio = np.zeros_like(audio)
+        encoded = p.encode(row["messages"], [p.audio_token_count(len(audio))],
+                           where=row.get("_where", row.get("sample_id", "row")))
+        features, lengths = p.audio_features([audio])
+        return encoded, features[0, :, : int(lengths[0])]
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         p = self.processor
-        audios = [decode_row_audio(r, p.sampling_rate) for r in rows]
-        if self.zero_audio:
-            audios = [np.zeros_like(a) for a in audios]
-        encoded = [
-            p.encode(r["messages"], [p.audio_token_count(len(a))], where=r.get("_where", r.get("sample_id", "row")))
-            for r, a in zip(rows, audios)
-        ]
+        if self.cache is None:
+            audios = [decode_row_audio(r, p.sampling_rate) for r in rows]
+            if self.zero_audio:
+                audios = [np.zeros_like(a) for a in audios]
+            encoded = [
+                p.encode(r["messages"], [p.audio_token_count(len(a))], where=r.get("_where", r.get("sample_id", "row")))
+                for r, a in zip(rows, audios)
+            ]
+            features, feature_lengths = p.audio_features(audios)
+        else:
+            examples = [self.cache.get_or_make(r["sample_id"], lambda r=r: self._example(r)) for r in rows]
+            encoded = [e for e, _ in examples]
+            feature_lengths = torch.tensor([f.shape[-1] for _, f in examples], dtype=torch.long)
+            features = torch.zeros((len(examples), p.n_mels, int(feature_lengths.max())))
+            for i, (_, f) in enumerate(examples):
+                features[i, :, : f.shape[-1]] = f
         batch = self._pack(encoded) if self.pack_tokens else p.pad(encoded, side="right")
-        batch["input_features"], batch["feature_lengths"] = p.audio_features(audios)
+        batch["input_features"], batch["feature_lengths"] = features, feature_lengths
         batch["sample_id"] = [r.get("sample_id") for r in rows]
         batch["l3"] = [r.get("l3") for r in rows]
         return batch
@@ -413,13 +465,14 @@ def build_loader(
     drop_last: bool = False,
     prefetch: int = 0,
     balance_categories: float = 0.0,
+    cache_mb: float = 0.0,
 ) -> TrainLoader:
     """A loader over `split` of a version index (see `TrainLoader`)."""
     sampler = BucketBatchSampler(index, index.rows_of(split), batch_size, seed=seed, shuffle=shuffle,
                                  max_batch_seconds=max_batch_seconds, rank=rank, world_size=world_size,
                                  drop_last=drop_last, balance_categories=balance_categories)
     return TrainLoader(sampler, RowReader(index, cache_shards=sampler.shards_per_window),
-                       Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens), max_epochs=max_epochs,
+                       Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens, cache_mb=cache_mb), max_epochs=max_epochs,
                        prefetch=prefetch)
 
 

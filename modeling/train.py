@@ -104,6 +104,7 @@ class TrainSpec:
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | bf16 | fp32
     num_threads: int | None = None  # torch intra-op threads (1 is fastest on a busy 2-core machine)
     prefetch: int = 2  # batches prepared ahead in a background thread
+    cache_mb: float = 0.0  # > 0: keep tokenized examples and features in memory (a small version, many epochs)
     seed: int = 0
     zero_audio: bool = False  # train on silence: the audio-blind baseline
     pack_tokens: int = 0  # > 0: pack examples into rows of at most this many tokens
@@ -496,7 +497,7 @@ def train(
                           max_batch_seconds=spec.max_batch_seconds, zero_audio=spec.zero_audio,
                           pack_tokens=spec.pack_tokens, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, drop_last=True, prefetch=spec.prefetch,
-                          balance_categories=spec.balance_categories)
+                          balance_categories=spec.balance_categories, cache_mb=spec.cache_mb)
     progress = Progress()
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler, loader, progress)
@@ -522,7 +523,7 @@ def train(
             from modeling.data import BucketBatchSampler, Collator, RowReader, TrainLoader
 
             val_loader = TrainLoader(BucketBatchSampler(index, val_positions, spec.eval_batch_size, shuffle=False),
-                                     RowReader(index), Collator(processor), max_epochs=1)
+                                     RowReader(index), Collator(processor, cache_mb=spec.cache_mb), max_epochs=1)
     metrics_file = run_dir / "metrics.jsonl"
     started = time.monotonic() - progress.elapsed_s
     params = [p for p in model.parameters() if p.requires_grad]

@@ -140,6 +140,32 @@ def test_zero_audio_keeps_the_token_count_but_silences_the_clip(index, processor
         assert silent["input_features"][i, :, :n].std() < 1e-6 < loud["input_features"][i, :, :n].std()
 
 
+def test_cached_examples_equal_fresh_ones_and_are_reused_across_epochs(index, processor):
+    fresh = build_loader(index, processor, "train", batch_size=5, shuffle=True, max_epochs=2)
+    cached = build_loader(index, processor, "train", batch_size=5, shuffle=True, max_epochs=2, cache_mb=64)
+    n = 0
+    for a, b in zip(fresh, cached):
+        assert a["sample_id"] == b["sample_id"]
+        for key in ("input_ids", "labels", "attention_mask", "feature_lengths"):
+            assert torch.equal(a[key], b[key]), key
+        assert a["input_features"].shape == b["input_features"].shape
+        assert torch.allclose(a["input_features"], b["input_features"], atol=1e-6)
+        n += len(b["sample_id"])
+    cache = cached.collator.cache
+    rows = len(index.rows_of("train"))
+    assert n == 2 * rows
+    assert cache.misses == rows and cache.hits == rows  # the second epoch is served from memory
+
+
+def test_example_cache_stays_within_its_size(index, processor):
+    loader = build_loader(index, processor, "train", batch_size=5, shuffle=False, max_epochs=1, cache_mb=0.05)
+    for _ in loader:
+        pass
+    cache = loader.collator.cache
+    assert 0 < cache.bytes <= cache.max_bytes
+    assert len(cache._items) < len(index.rows_of("train"))
+
+
 def test_packed_rows_give_the_same_loss_as_padded_rows(index, processor):
     from modeling.configuration import EurekaAudioConfig
     from modeling.model import EurekaAudioForCausalLM
