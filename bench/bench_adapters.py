@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--catalog", default=None)
     parser.add_argument("--config", default="modeling/configs/tiny.yaml")
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--demo-size", type=int, default=2000)
+    parser.add_argument("--demo-size", type=int, default=8000)  # the size the tiny preset is made for
     parser.add_argument("--out-dir", default="bench/out/adapters")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)

@@ -67,9 +67,12 @@ def test_training_on_a_draft_version_is_refused_and_not_recorded(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_stopped_run_resumes_with_the_losses_of_an_uninterrupted_run(version, tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"cache_mb": 64, "encoder": "frozen"}], ids=["plain", "cached-frozen-encoder"])
+def test_stopped_run_resumes_with_the_losses_of_an_uninterrupted_run(version, tmp_path, overrides):
+    # 18 train rows, 4 batches an epoch: 7 steps cross epochs, so with the example cache the straight
+    # run serves later batches from memory while the resumed process computes them afresh
     catalog, vid = version
-    config = _config(tmp_path)
+    config = _config(tmp_path, **overrides)
     train(vid, config, catalog_path=catalog, output_dir=tmp_path / "straight", stop_after_steps=7, record=False)
     first = train(vid, config, catalog_path=catalog, output_dir=tmp_path / "resumed", stop_after_steps=3, record=False)
     assert first["status"] == "interrupted"
