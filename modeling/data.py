@@ -281,22 +281,21 @@ class ExampleCache:
         self.max_bytes = int(max_mb * 2**20)
         self.bytes = 0
         self.hits = self.misses = 0
-        self._items: OrderedDict[str, tuple[Any, torch.Tensor]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[tuple[Any, torch.Tensor], int]] = OrderedDict()  # item, bytes
 
     def get_or_make(self, key: str, make) -> tuple[Any, torch.Tensor]:
-        item = self._items.get(key)
-        if item is not None:
+        """The cached (tokens, features) for `key`, or make() them and keep them."""
+        if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1
-            return item
+            return self._items[key][0]
         self.misses += 1
         item = make()
         size = item[1].numel() * item[1].element_size()
-        self._items[key] = item
+        self._items[key] = (item, size)
         self.bytes += size
         while self.bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self.bytes -= old[1].numel() * old[1].element_size()
+            self.bytes -= self._items.popitem(last=False)[1][1]
         return item
 
 
@@ -319,29 +318,28 @@ class Collator:
         self.pack_tokens = pack_tokens
         self.cache = ExampleCache(cache_mb) if cache_mb > 0 else None
 
-    def _example(self, row: dict[str, Any]) -> tuple[Any, torch.Tensor]:
-        """One row -> (Encoded tokens, features (M, F_i)); features computed for the clip alone, so a
-        cached example is the same numbers whatever batch it first came in."""
+    def _audio_and_tokens(self, row: dict[str, Any]) -> tuple[np.ndarray, Any]:
+        """One row -> its clip (T,) (silence of the same length with `zero_audio`) and its Encoded tokens."""
         p = self.processor
         audio = decode_row_audio(row, p.sampling_rate)
         if self.zero_audio:
             audio = np.zeros_like(audio)
         encoded = p.encode(row["messages"], [p.audio_token_count(len(audio))],
                            where=row.get("_where", row.get("sample_id", "row")))
-        features, lengths = p.audio_features([audio])
+        return audio, encoded
+
+    def _example(self, row: dict[str, Any]) -> tuple[Any, torch.Tensor]:
+        """One row -> (Encoded tokens, features (M, F_i)); features computed for the clip alone, so a
+        cached example is the same numbers whatever batch it first came in."""
+        audio, encoded = self._audio_and_tokens(row)
+        features, lengths = self.processor.audio_features([audio])
         return encoded, features[0, :, : int(lengths[0])]
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         p = self.processor
         if self.cache is None:
-            audios = [decode_row_audio(r, p.sampling_rate) for r in rows]
-            if self.zero_audio:
-                audios = [np.zeros_like(a) for a in audios]
-            encoded = [
-                p.encode(r["messages"], [p.audio_token_count(len(a))], where=r.get("_where", r.get("sample_id", "row")))
-                for r, a in zip(rows, audios)
-            ]
-            features, feature_lengths = p.audio_features(audios)
+            audios, encoded = zip(*(self._audio_and_tokens(r) for r in rows))
+            features, feature_lengths = p.audio_features(list(audios))
         else:
             examples = [self.cache.get_or_make(r["sample_id"], lambda r=r: self._example(r)) for r in rows]
             encoded = [e for e, _ in examples]
