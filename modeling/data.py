@@ -131,6 +131,7 @@ class BucketBatchSampler:
         world_size: int = 1,
         drop_last: bool = False,
         balance_categories: float = 0.0,
+        category_weights: dict[str, float] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -144,19 +145,35 @@ class BucketBatchSampler:
         if not 0.0 <= balance_categories <= 1.0:
             raise ValueError(f"balance_categories must be between 0 and 1, got {balance_categories}")
         self.balance_categories = balance_categories if shuffle else 0.0
+        self.category_weights = dict(category_weights or {}) if shuffle else {}
+        if self.category_weights:
+            held = set(index.l3[self.positions])
+            unknown = sorted(set(self.category_weights) - held)
+            if unknown:
+                raise ValueError(f"category_weights names {unknown}, which the rows do not hold; "
+                                 f"categories here: {sorted(held)}")
+            bad = {k: v for k, v in self.category_weights.items() if not (float(v) > 0)}
+            if bad:
+                raise ValueError(f"category_weights must be > 0, got {bad}")
         self._plans: dict[int, list[np.ndarray]] = {}
 
     def _epoch_positions(self, rng: np.random.Generator) -> np.ndarray:
         """The positions one epoch draws from. With `balance_categories` = a > 0 each category (l3) gets
-        a share of the epoch proportional to n_c ** (1 - a) (a = 1: every category equally often):
-        every row of a category is used once per pass and rare categories are drawn again, without
-        replacement inside a pass, until their share is filled. The epoch keeps len(positions) rows."""
-        if not self.balance_categories:
+        a share of the epoch proportional to n_c ** (1 - a) (a = 1: every category equally often), times
+        `category_weights[c]` where given (a mixture weight: 2 draws the category twice as often).
+        A category over its row count is drawn again, without replacement inside a pass, until its
+        share is filled; one under it gets a fresh random subset each epoch. The epoch keeps
+        len(positions) rows."""
+        if not self.balance_categories and not self.category_weights:
             return self.positions
         cats = self.index.l3[self.positions]
         names, counts = np.unique(cats, return_counts=True)
         weights = counts.astype(np.float64) ** (1.0 - self.balance_categories)
-        quota = np.floor(len(self.positions) * weights / weights.sum()).astype(int)
+        weights *= np.array([float(self.category_weights.get(n, 1.0)) for n in names])
+        exact = len(self.positions) * weights / weights.sum()
+        quota = np.floor(exact).astype(int)
+        short = len(self.positions) - int(quota.sum())  # rows lost to flooring go to the largest remainders
+        quota[np.argsort(quota - exact, kind="stable")[:short]] += 1
         chosen = []
         for name, q in zip(names, quota):
             pool = self.positions[cats == name]
@@ -463,12 +480,14 @@ def build_loader(
     drop_last: bool = False,
     prefetch: int = 0,
     balance_categories: float = 0.0,
+    category_weights: dict[str, float] | None = None,
     cache_mb: float = 0.0,
 ) -> TrainLoader:
     """A loader over `split` of a version index (see `TrainLoader`)."""
     sampler = BucketBatchSampler(index, index.rows_of(split), batch_size, seed=seed, shuffle=shuffle,
                                  max_batch_seconds=max_batch_seconds, rank=rank, world_size=world_size,
-                                 drop_last=drop_last, balance_categories=balance_categories)
+                                 drop_last=drop_last, balance_categories=balance_categories,
+                                 category_weights=category_weights)
     return TrainLoader(sampler, RowReader(index, cache_shards=sampler.shards_per_window),
                        Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens, cache_mb=cache_mb), max_epochs=max_epochs,
                        prefetch=prefetch)

@@ -109,6 +109,7 @@ class TrainSpec:
     zero_audio: bool = False  # train on silence: the audio-blind baseline
     pack_tokens: int = 0  # > 0: pack examples into rows of at most this many tokens
     balance_categories: float = 0.0  # 0: rows as they come; 1: every category (l3) equally often per epoch
+    category_weights: dict[str, float] = field(default_factory=dict)  # l3 -> mixture weight on its share
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -183,6 +184,13 @@ def _fill(cls, values: dict[str, Any], where: str):
             raise ValueError(f"{where}.llm: {obj.llm!r} is not one of full, lora, frozen")
         if obj.encoder not in ("train", "frozen"):
             raise ValueError(f"{where}.encoder: {obj.encoder!r} is not one of train, frozen")
+        if not isinstance(obj.category_weights, dict):
+            raise ValueError(f"{where}.category_weights: expected a mapping category -> weight, "
+                             f"got {obj.category_weights!r}")
+        try:
+            obj.category_weights = {str(k): float(v) for k, v in obj.category_weights.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}.category_weights: weights must be numbers, got {obj.category_weights!r}") from None
         if obj.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"{where}.precision: {obj.precision!r} is not one of auto, bf16, fp32")
     if isinstance(obj, ModelSpec):
@@ -497,7 +505,8 @@ def train(
                           max_batch_seconds=spec.max_batch_seconds, zero_audio=spec.zero_audio,
                           pack_tokens=spec.pack_tokens, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, drop_last=True, prefetch=spec.prefetch,
-                          balance_categories=spec.balance_categories, cache_mb=spec.cache_mb)
+                          balance_categories=spec.balance_categories, category_weights=spec.category_weights,
+                          cache_mb=spec.cache_mb)
     progress = Progress()
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler, loader, progress)

@@ -214,3 +214,27 @@ def test_balanced_sampling_gives_rare_categories_an_equal_share_and_uses_every_r
         index, index.rows_of("train"), 10, seed=1, balance_categories=1.0).plan(0)]  # deterministic
     with pytest.raises(ValueError, match="balance_categories"):
         BucketBatchSampler(index, index.rows_of("train"), 10, balance_categories=2.0)
+
+
+def test_category_weights_scale_a_categorys_share_and_reject_unknown_names():
+    index = _index_of(["a"] * 50 + ["b"] * 30 + ["c"] * 20)
+    weighted = BucketBatchSampler(index, index.rows_of("train"), 10, seed=3, category_weights={"c": 4.0, "a": 0.5})
+    counts = {}
+    for epoch in (0, 1):
+        drawn = np.concatenate(weighted.plan(epoch))
+        assert len(drawn) == 100
+        names, n = np.unique(index.l3[drawn], return_counts=True)
+        counts[epoch] = dict(zip(names.tolist(), n.tolist()))
+        # shares 50*0.5 : 30 : 20*4 = 25 : 30 : 80 of the 100 rows (floors, the remainder topped up)
+        assert abs(counts[epoch]["c"] - 59) <= 1 and abs(counts[epoch]["a"] - 18) <= 1
+        a_rows = drawn[index.l3[drawn] == "a"]
+        assert len(set(a_rows.tolist())) == len(a_rows)  # a category under its row count: no repeats
+    # an under-weighted category gets a fresh subset each epoch, so every row is seen over epochs
+    seen = set(np.concatenate(weighted.plan(0)).tolist()) | set(np.concatenate(weighted.plan(1)).tolist())
+    assert len(seen & set(range(50))) > 18
+    again = BucketBatchSampler(index, index.rows_of("train"), 10, seed=3, category_weights={"c": 4.0, "a": 0.5})
+    assert [b.tolist() for b in again.plan(1)] == [b.tolist() for b in weighted.plan(1)]
+    with pytest.raises(ValueError, match=r"\['z'\].*categories here: \['a', 'b', 'c'\]"):
+        BucketBatchSampler(index, index.rows_of("train"), 10, category_weights={"z": 2.0})
+    with pytest.raises(ValueError, match="must be > 0"):
+        BucketBatchSampler(index, index.rows_of("train"), 10, category_weights={"a": 0})

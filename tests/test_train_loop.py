@@ -169,6 +169,13 @@ def test_unknown_config_keys_are_named(tmp_path):
         TrainConfig.load(_config(tmp_path), ["train.learning_rate=0.1"])
     with pytest.raises(ValueError, match="llm.*not one of full, lora, frozen"):
         TrainConfig.load(_config(tmp_path), ["train.llm=half"])
+    weighted = TrainConfig.load(_config(tmp_path), ["train.category_weights.click_tempo=4",
+                                                    "train.category_weights={click_tempo: 4, loudness: 0.5}"])
+    assert weighted.train.category_weights == {"click_tempo": 4.0, "loudness": 0.5}
+    with pytest.raises(ValueError, match="category_weights: weights must be numbers"):
+        TrainConfig.load(_config(tmp_path), ["train.category_weights.click_tempo=fast"])
+    with pytest.raises(ValueError, match="category_weights: expected a mapping"):
+        TrainConfig.load(_config(tmp_path), ["train.category_weights=[1, 2]"])
 
 
 @pytest.mark.slow
