@@ -21,7 +21,7 @@ from dataflux.storage.catalog import Catalog
 PRESET = str(Path(__file__).resolve().parents[1] / "modeling" / "configs" / "tiny.yaml")
 DEMO_CLIPS = 8000  # ~20k rows: fewer epochs in the budget, so the model learns the attributes, not the clips
 OVERALL_FLOOR = 0.93
-CATEGORY_FLOOR = 0.50
+CATEGORY_FLOOR = 0.75
 CHANCE = 0.25  # four options
 
 
@@ -52,8 +52,9 @@ def test_tiny_moe_preset_learns_every_demo_category_within_budget(demo_training)
         audio["by_category"], indent=1)
     assert set(audio["by_category"]) == {"tone_pitch", "waveform", "beep_count", "click_tempo", "noise_colour",
                                          "loudness", "duration", "speaking_rate"}, report
-    # Regression floors under what the preset reaches (see the README's training figures: about 96%
-    # overall); the 95%-on-every-category goal is not met yet by click tempo.
+    # Regression floors under what the preset reaches (see the README's training figures: 95-98%
+    # overall, and the weakest category 80-91% from one run to the next, on the same machine);
+    # the 95%-on-every-category goal is not met yet by beep count (about 91%).
     assert audio["exact_accuracy"] >= OVERALL_FLOOR and audio["mmau_accuracy"] >= OVERALL_FLOOR, report
     for cat, m in audio["by_category"].items():
         assert m["n"] >= 20, f"too few held-out {cat} questions to score: {m['n']}"
