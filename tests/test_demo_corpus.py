@@ -97,3 +97,24 @@ def test_write_demo_folder_writes_wavs_and_a_manifest(tmp_path):
     for row, item in zip(lines, iter_demo_items(6, seed=0, error_rate=0.5)):
         assert (tmp_path / "demo" / row["path"]).read_bytes() == item.audio_bytes
         assert row["labels"] == item.labels and row["meta"]["planted"] == item.meta["planted"]
+
+
+def test_a_beep_clips_length_does_not_give_away_its_count():
+    """The count has to be heard: every beep clip spans the same window whatever its count, so a
+    model cannot answer beep-count questions from the number of audio tokens."""
+    from dataflux.sources.demo import BEEP_WINDOW_S
+
+    lengths: dict[int, list[float]] = {}
+    for item in iter_demo_items(240, seed=6, error_rate=0.0):
+        if item.meta["kind"] != "beeps":
+            continue
+        info = sf.info(io.BytesIO(item.audio_bytes))
+        count = int(item.labels["beep_count"].split()[0])
+        lengths.setdefault(count, []).append(info.frames / info.samplerate)
+    assert set(lengths) == {1, 2, 3, 4}, {k: len(v) for k, v in lengths.items()}
+    lo, hi = BEEP_WINDOW_S
+    for count, secs in lengths.items():
+        assert all(lo - 0.01 <= s <= hi + 0.01 for s in secs), (count, min(secs), max(secs))
+    # the mean length of the 1-beep clips is within a tenth of a second of the 4-beep clips'
+    mean = {k: sum(v) / len(v) for k, v in lengths.items()}
+    assert abs(mean[1] - mean[4]) < 0.1, mean

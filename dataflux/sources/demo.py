@@ -4,7 +4,8 @@ Each item is one of five kinds, drawn from a per-item random stream seeded by (s
 so item i is the same bytes whatever the corpus size or partitioning:
 
   tone    steady band-limited tone   labels tone_pitch, waveform, duration, loudness
-  beeps   a train of 1-4 sine beeps  labels beep_count, loudness
+  beeps   1-4 sine beeps             labels beep_count, loudness (every clip 2-2.6 s long,
+                                     so its length says nothing of the count)
   clicks  a regular click track      labels click_tempo
   noise   coloured broadband noise   labels noise_colour, duration, loudness
   speech  espeak-ng reading a line  labels speaking_rate (+ transcript, speaker)
@@ -219,18 +220,29 @@ def _synth_tone(plan: dict, sr: int, rng: np.random.Generator) -> np.ndarray:
     return y + _floor(n, level, rng.uniform(50, 65), rng)
 
 
+BEEP_WINDOW_S = (2.0, 2.6)  # every beep clip is this long, whatever its count
+
+
 def _synth_beeps(plan: dict, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """1-4 sine beeps (80-200 ms, 150-350 ms apart) at a random offset in a window whose length
+    does not depend on the count, so the count has to be heard, not read off the clip's length."""
     count = int(value_number("beep_count", plan["truth"]["beep_count"]))
     level = _level(plan, rng)
     freq = rng.uniform(500, 2000)
-    parts = [np.zeros(int(rng.uniform(0.1, 0.3) * sr))]
+    lengths = rng.uniform(0.08, 0.2, size=count)
+    gaps = rng.uniform(0.15, 0.35, size=count - 1)
+    window = rng.uniform(*BEEP_WINDOW_S)
+    train_s = float(lengths.sum() + gaps.sum())  # at most 1.85 s
+    start = rng.uniform(0.05, window - train_s - 0.05)
+    y = np.zeros(int(window * sr))
+    at = start
     for b in range(count):
-        n = int(rng.uniform(0.08, 0.2) * sr)
+        n = int(lengths[b] * sr)
         t = np.arange(n) / sr
         beep = np.sqrt(2) * level * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
-        parts.append(_fade(beep, sr, 0.005))
-        parts.append(np.zeros(int(rng.uniform(0.15, 0.35 if b < count - 1 else 0.3) * sr)))
-    y = np.concatenate(parts)
+        s0 = int(at * sr)
+        y[s0:s0 + n] = _fade(beep, sr, 0.005)
+        at += lengths[b] + (gaps[b] if b < count - 1 else 0.0)
     return y + _floor(y.shape[0], level, rng.uniform(50, 65), rng)
 
 
