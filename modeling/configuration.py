@@ -29,6 +29,10 @@ class EurekaAudioConfig(PretrainedConfig):
       router_z_loss_coef: weight of the router z-loss (mean squared log-sum-exp of router logits).
       adapter_norm_init: initial gain of the RMSNorm after the projection W_P; it sets the scale of
         the audio embeddings relative to the LLM's text embeddings.
+      audio_scale: "fixed" (audio embeddings leave the adapter at the norm's gain) or "text" (the
+        normalised output is also multiplied by the current RMS of the LLM's input embeddings, not
+        differentiated, so audio and text tokens enter the residual stream at the same scale however
+        the text embeddings grow in training or were pretrained; the gain is then relative, 1.0 = equal).
     The three audio token ids are set once the tokenizer knows the audio special tokens.
     """
 
@@ -50,6 +54,7 @@ class EurekaAudioConfig(PretrainedConfig):
     router_z_loss_coef: float = 0.0
     adapter_norm_init: float = 1.0
     adapter_norm_eps: float = 1e-6
+    audio_scale: str = "fixed"
     initializer_range: float = 0.02
     audio_start_token_id: int | None = None
     audio_pad_token_id: int | None = None
@@ -64,6 +69,8 @@ class EurekaAudioConfig(PretrainedConfig):
             raise ValueError(
                 f"EurekaAudioConfig: top_k={self.top_k} must be between 1 and n_experts={self.n_experts}"
             )
+        if self.audio_scale not in ("fixed", "text"):
+            raise ValueError(f"EurekaAudioConfig.audio_scale must be 'fixed' or 'text', got {self.audio_scale!r}")
         if self.stack_factor < 1:
             raise ValueError(f"EurekaAudioConfig.stack_factor must be >= 1, got {self.stack_factor}")
 

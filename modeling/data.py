@@ -132,6 +132,7 @@ class BucketBatchSampler:
         drop_last: bool = False,
         balance_categories: float = 0.0,
         category_weights: dict[str, float] | None = None,
+        category_stages: Sequence[dict[str, Any]] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -146,30 +147,42 @@ class BucketBatchSampler:
             raise ValueError(f"balance_categories must be between 0 and 1, got {balance_categories}")
         self.balance_categories = balance_categories if shuffle else 0.0
         self.category_weights = dict(category_weights or {}) if shuffle else {}
-        if self.category_weights:
-            held = set(index.l3[self.positions])
-            unknown = sorted(set(self.category_weights) - held)
+        # a curriculum: stage i's weights for its `epochs` epochs, in order, then category_weights
+        self.stage_of_epoch: list[dict[str, float]] = []
+        for i, stage in enumerate(category_stages or [] if shuffle else []):
+            epochs = stage.get("epochs")
+            if not isinstance(epochs, int) or epochs < 1:
+                raise ValueError(f"category_stages[{i}].epochs must be an integer >= 1, got {epochs!r}")
+            self.stage_of_epoch += [dict(stage.get("category_weights") or {})] * epochs
+        held = set(index.l3[self.positions])
+        for where, weights in [("category_weights", self.category_weights)] + [
+                (f"category_stages (epoch {e})", w) for e, w in enumerate(self.stage_of_epoch)]:
+            unknown = sorted(set(weights) - held)
             if unknown:
-                raise ValueError(f"category_weights names {unknown}, which the rows do not hold; "
+                raise ValueError(f"{where} names {unknown}, which the rows do not hold; "
                                  f"categories here: {sorted(held)}")
-            bad = {k: v for k, v in self.category_weights.items() if not (float(v) > 0)}
+            bad = {k: v for k, v in weights.items() if not (float(v) > 0)}
             if bad:
-                raise ValueError(f"category_weights must be > 0, got {bad}")
+                raise ValueError(f"{where}: weights must be > 0, got {bad}")
         self._plans: dict[int, list[np.ndarray]] = {}
 
-    def _epoch_positions(self, rng: np.random.Generator) -> np.ndarray:
+    def weights_for(self, epoch: int) -> dict[str, float]:
+        """The mixture weights epoch `epoch` draws with: its curriculum stage's, else category_weights."""
+        return self.stage_of_epoch[epoch] if epoch < len(self.stage_of_epoch) else self.category_weights
+
+    def _epoch_positions(self, rng: np.random.Generator, weights_by_category: dict[str, float]) -> np.ndarray:
         """The positions one epoch draws from. With `balance_categories` = a > 0 each category (l3) gets
         a share of the epoch proportional to n_c ** (1 - a) (a = 1: every category equally often), times
-        `category_weights[c]` where given (a mixture weight: 2 draws the category twice as often).
+        `weights_by_category[c]` where given (a mixture weight: 2 draws the category twice as often).
         A category over its row count is drawn again, without replacement inside a pass, until its
         share is filled; one under it gets a fresh random subset each epoch. The epoch keeps
         len(positions) rows."""
-        if not self.balance_categories and not self.category_weights:
+        if not self.balance_categories and not weights_by_category:
             return self.positions
         cats = self.index.l3[self.positions]
         names, counts = np.unique(cats, return_counts=True)
         weights = counts.astype(np.float64) ** (1.0 - self.balance_categories)
-        weights *= np.array([float(self.category_weights.get(n, 1.0)) for n in names])
+        weights *= np.array([float(weights_by_category.get(n, 1.0)) for n in names])
         exact = len(self.positions) * weights / weights.sum()
         quota = np.floor(exact).astype(int)
         short = len(self.positions) - int(quota.sum())  # rows lost to flooring go to the largest remainders
@@ -200,7 +213,7 @@ class BucketBatchSampler:
         if epoch in self._plans:
             return self._plans[epoch]
         rng = np.random.default_rng([self.seed, epoch])
-        positions = self._epoch_positions(rng)
+        positions = self._epoch_positions(rng, self.weights_for(epoch))
         shards = np.unique(self.index.shard[positions])
         if self.shuffle:
             shards = rng.permutation(shards)
@@ -482,12 +495,13 @@ def build_loader(
     balance_categories: float = 0.0,
     category_weights: dict[str, float] | None = None,
     cache_mb: float = 0.0,
+    category_stages: Sequence[dict[str, Any]] | None = None,
 ) -> TrainLoader:
     """A loader over `split` of a version index (see `TrainLoader`)."""
     sampler = BucketBatchSampler(index, index.rows_of(split), batch_size, seed=seed, shuffle=shuffle,
                                  max_batch_seconds=max_batch_seconds, rank=rank, world_size=world_size,
                                  drop_last=drop_last, balance_categories=balance_categories,
-                                 category_weights=category_weights)
+                                 category_weights=category_weights, category_stages=category_stages)
     return TrainLoader(sampler, RowReader(index, cache_shards=sampler.shards_per_window),
                        Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens, cache_mb=cache_mb), max_epochs=max_epochs,
                        prefetch=prefetch)

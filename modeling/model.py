@@ -160,7 +160,14 @@ class EurekaAudioForCausalLM(EurekaAudioPreTrainedModel):
         mask = torch.arange(stacked.shape[1], device=stacked.device)[None, :] < token_lengths[:, None]
         adapter_dtype = next(self.adapter.parameters()).dtype
         embeds, aux = self.adapter(stacked.to(adapter_dtype), mask)
+        if cfg.audio_scale == "text":
+            embeds = embeds * self.text_embedding_rms().to(embeds.dtype)
         return embeds, token_lengths, aux
+
+    @torch.no_grad()
+    def text_embedding_rms(self) -> torch.Tensor:
+        """RMS of the LLM's input embedding table (a 0-d tensor, no gradient)."""
+        return self.llm.get_input_embeddings().weight.float().pow(2).mean().sqrt()
 
     def splice_audio(
         self, inputs_embeds: torch.Tensor, input_ids: torch.Tensor, audio: torch.Tensor, audio_lengths: torch.Tensor

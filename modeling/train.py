@@ -76,6 +76,7 @@ class ModelSpec:
     aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.0
     adapter_norm_init: float = 1.0
+    audio_scale: str = "fixed"  # fixed | text (audio embeddings at the text embeddings' RMS times the gain)
 
 
 @dataclass
@@ -110,6 +111,8 @@ class TrainSpec:
     pack_tokens: int = 0  # > 0: pack examples into rows of at most this many tokens
     balance_categories: float = 0.0  # 0: rows as they come; 1: every category (l3) equally often per epoch
     category_weights: dict[str, float] = field(default_factory=dict)  # l3 -> mixture weight on its share
+    # a curriculum before category_weights: [{epochs: N, category_weights: {...}}, ...], stage by stage
+    category_stages: list[dict[str, Any]] = field(default_factory=list)
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -191,6 +194,18 @@ def _fill(cls, values: dict[str, Any], where: str):
             obj.category_weights = {str(k): float(v) for k, v in obj.category_weights.items()}
         except (TypeError, ValueError):
             raise ValueError(f"{where}.category_weights: weights must be numbers, got {obj.category_weights!r}") from None
+        if not isinstance(obj.category_stages, list) or not all(isinstance(st, dict) for st in obj.category_stages):
+            raise ValueError(f"{where}.category_stages: expected a list of {{epochs, category_weights}} mappings, "
+                             f"got {obj.category_stages!r}")
+        for i, st in enumerate(obj.category_stages):
+            extra = sorted(set(st) - {"epochs", "category_weights"})
+            if extra:
+                raise ValueError(f"{where}.category_stages[{i}]: unknown key(s) {extra} (epochs, category_weights)")
+            try:
+                st["category_weights"] = {str(k): float(v) for k, v in (st.get("category_weights") or {}).items()}
+            except (TypeError, ValueError, AttributeError):
+                raise ValueError(f"{where}.category_stages[{i}].category_weights: expected a mapping category -> "
+                                 f"number, got {st.get('category_weights')!r}") from None
         if obj.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"{where}.precision: {obj.precision!r} is not one of auto, bf16, fp32")
     if isinstance(obj, ModelSpec):
@@ -227,7 +242,8 @@ def build_processor(spec: ModelSpec, index: VersionIndex, n_mels: int, chunk_mel
 
 def _adapter_fields(spec: ModelSpec) -> dict[str, Any]:
     return {k: getattr(spec, k) for k in ("adapter", "stack_factor", "n_experts", "top_k", "n_shared",
-                                          "expert_hidden", "aux_loss_coef", "router_z_loss_coef", "adapter_norm_init")}
+                                          "expert_hidden", "aux_loss_coef", "router_z_loss_coef", "adapter_norm_init",
+                                          "audio_scale")}
 
 
 def encoder_geometry(spec: ModelSpec) -> tuple[int, int]:
@@ -360,6 +376,42 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int) -> Path:
 
 EVAL_COLUMNS = ["sample_id", "audio", "messages", "question", "choices", "answer", "answer_index",
                 "l0", "l1", "l2", "l3", "source", "transcript"]
+
+
+def stratified_rows(index: VersionIndex, split: str, max_rows: int) -> np.ndarray:
+    """Up to `max_rows` positions of `split` with the categories (l3) as evenly represented as their
+    row counts allow (a category with fewer rows than its share gives the rest to the others), each
+    category's first rows in index order, returned in index order. A plain prefix would follow the
+    version's mix: 600 rows of the demo hold 11 beep-count rows, too few to tell 80% from 95%."""
+    positions = index.rows_of(split)
+    if len(positions) <= max_rows:
+        return positions
+    cats = index.l3[positions]
+    names, counts = np.unique(cats, return_counts=True)
+    take = np.zeros(len(names), dtype=int)
+    left = max_rows
+    while left > 0:  # water-filling: an even share, capped by what each category has
+        open_ = np.flatnonzero(take < counts)
+        share = max(1, left // len(open_))
+        for i in open_:
+            add = min(share, counts[i] - take[i], left)
+            take[i] += add
+            left -= add
+            if left == 0:
+                break
+    chosen = [positions[cats == n][:k] for n, k in zip(names, take)]
+    return np.sort(np.concatenate(chosen))
+
+
+@torch.no_grad()
+def embedding_scale(model: EurekaAudioForCausalLM) -> dict[str, float]:
+    """The scale audio embeddings enter the LLM at (RMS of the adapter's output gain, times the text
+    scale under audio_scale "text"; the norm's input is RMS-normalised) beside the RMS of the LLM's text embeddings: audio far above text dominates
+    the residual stream at its positions, far below it is drowned by the layers' updates."""
+    gain = float(model.adapter.norm.weight.float().pow(2).mean().sqrt())
+    text = float(model.text_embedding_rms())
+    audio = gain * text if model.config.audio_scale == "text" else gain
+    return {"audio_rms": round(audio, 4), "text_embed_rms": round(text, 4)}
 
 
 def held_out_rows(index: VersionIndex, split: str, max_rows: int | None = None) -> list[dict[str, Any]]:
@@ -506,6 +558,7 @@ def train(
                           pack_tokens=spec.pack_tokens, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, drop_last=True, prefetch=spec.prefetch,
                           balance_categories=spec.balance_categories, category_weights=spec.category_weights,
+                          category_stages=spec.category_stages,
                           cache_mb=spec.cache_mb)
     progress = Progress()
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -527,7 +580,7 @@ def train(
 
     val_loader = None
     if spec.eval_every and main:
-        val_positions = index.rows_of("validation")[: spec.eval_every_rows]
+        val_positions = stratified_rows(index, "validation", spec.eval_every_rows)
         if len(val_positions):
             from modeling.data import BucketBatchSampler, Collator, RowReader, TrainLoader
 
@@ -572,6 +625,7 @@ def train(
                         "examples": progress.examples, "elapsed_s": round(progress.elapsed_s, 2)}
                 if counts_window is not None:
                     line["expert_tokens"] = counts_window.tolist()
+                line["scale"] = embedding_scale(accelerator.unwrap_model(model))
                 _append_jsonl(metrics_file, line)
                 log(json.dumps(line))
             reached = False

@@ -9,7 +9,7 @@ from modeling.model import EurekaAudioForCausalLM
 START, PAD, END = 61, 62, 63
 
 
-def _config(adapter="moe", tie=False, window_positions=50) -> EurekaAudioConfig:
+def _config(adapter="moe", tie=False, window_positions=50, audio_scale="fixed") -> EurekaAudioConfig:
     return EurekaAudioConfig(
         encoder_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
                             max_source_positions=window_positions, num_mel_bins=16,
@@ -17,7 +17,7 @@ def _config(adapter="moe", tie=False, window_positions=50) -> EurekaAudioConfig:
         llm_config=dict(model_type="qwen3", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         num_key_value_heads=1, head_dim=16, intermediate_size=64, vocab_size=64,
                         tie_word_embeddings=tie),
-        adapter=adapter, n_experts=4, top_k=2, expert_hidden=32,
+        adapter=adapter, n_experts=4, top_k=2, expert_hidden=32, audio_scale=audio_scale,
         audio_start_token_id=START, audio_pad_token_id=PAD, audio_end_token_id=END,
     )
 
@@ -104,9 +104,36 @@ def test_loss_includes_the_adapter_load_balancing_term():
     assert int(out.expert_counts.sum()) == int(token_lengths.sum()) * 2
 
 
-@pytest.mark.parametrize("adapter,tie", [("moe", False), ("moe", True), ("linear", True)])
-def test_save_and_from_pretrained_give_identical_logits(tmp_path, adapter, tie):
-    model = _model(adapter=adapter, tie=tie)
+def test_audio_scale_text_puts_audio_tokens_at_the_text_embeddings_rms_as_it_changes():
+    model = _model(audio_scale="text")
+    feats, lengths = _audio([120, 60])
+
+    def audio_rms():
+        emb, token_lengths, _ = model.encode_audio(feats, lengths)
+        valid = torch.arange(emb.shape[1])[None, :] < token_lengths[:, None]
+        return float(emb[valid].pow(2).mean().sqrt())
+
+    table = model.llm.get_input_embeddings().weight
+    text = float(table.pow(2).mean().sqrt())
+    assert audio_rms() == pytest.approx(text, rel=1e-3)  # gain 1.0 = the text scale
+    with torch.no_grad():
+        table.mul_(5.0)  # the text embeddings grow (as they do in training): the audio follows
+    assert audio_rms() == pytest.approx(5.0 * text, rel=1e-3)
+    emb, _, _ = model.encode_audio(feats, lengths)
+    emb.sum().backward()
+    assert table.grad is None  # the scale is read, not trained through
+    fixed = _model(audio_scale="fixed")
+    emb, token_lengths, _ = fixed.encode_audio(feats, lengths)
+    valid = torch.arange(emb.shape[1])[None, :] < token_lengths[:, None]
+    assert float(emb[valid].pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-3)  # the gain alone
+    with pytest.raises(ValueError, match="audio_scale"):
+        _config(audio_scale="loud")
+
+
+@pytest.mark.parametrize("adapter,tie,audio_scale", [("moe", False, "fixed"), ("moe", True, "text"),
+                                                     ("linear", True, "fixed")])
+def test_save_and_from_pretrained_give_identical_logits(tmp_path, adapter, tie, audio_scale):
+    model = _model(adapter=adapter, tie=tie, audio_scale=audio_scale)
     with torch.no_grad():  # move off the init so a silently re-initialised weight would show
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -117,7 +144,7 @@ def test_save_and_from_pretrained_give_identical_logits(tmp_path, adapter, tie):
     model.save_pretrained(tmp_path)
     loaded = EurekaAudioForCausalLM.from_pretrained(tmp_path).eval()
     after = loaded(ids, attention_mask=mask, input_features=feats, feature_lengths=lengths).logits
-    assert loaded.config.adapter == adapter
+    assert loaded.config.adapter == adapter and loaded.config.audio_scale == audio_scale
     assert torch.equal(before, after)
 
 

@@ -238,3 +238,42 @@ def test_category_weights_scale_a_categorys_share_and_reject_unknown_names():
         BucketBatchSampler(index, index.rows_of("train"), 10, category_weights={"z": 2.0})
     with pytest.raises(ValueError, match="must be > 0"):
         BucketBatchSampler(index, index.rows_of("train"), 10, category_weights={"a": 0})
+
+
+def test_category_stages_set_the_mix_epoch_by_epoch_then_category_weights_take_over():
+    index = _index_of(["a"] * 50 + ["b"] * 30 + ["c"] * 20)
+    stages = [{"epochs": 2, "category_weights": {"c": 100.0}}, {"epochs": 1, "category_weights": {"a": 0.01}}]
+    sampler = BucketBatchSampler(index, index.rows_of("train"), 10, seed=3, category_stages=stages,
+                                 category_weights={"b": 3.0})
+
+    def share(epoch):
+        drawn = np.concatenate(sampler.plan(epoch))
+        assert len(drawn) == 100  # an epoch keeps its length whatever the mix
+        names, n = np.unique(index.l3[drawn], return_counts=True)
+        return dict(zip(names.tolist(), n.tolist()))
+
+    for epoch in (0, 1):  # c: 20*100 of 2000+50+30 -> ~96 of 100 rows
+        assert share(epoch).get("c", 0) >= 95
+    assert share(2).get("a", 0) <= 2 and share(2)["b"] + share(2)["c"] >= 98
+    assert abs(share(3)["b"] - 100 * 90 / 160) <= 1  # shares 50 : 30*3 : 20 after the stages
+    assert sampler.weights_for(7) == {"b": 3.0}
+    again = BucketBatchSampler(index, index.rows_of("train"), 10, seed=3, category_stages=stages,
+                               category_weights={"b": 3.0})
+    assert [b.tolist() for b in again.plan(1)] == [b.tolist() for b in sampler.plan(1)]  # resumable
+    with pytest.raises(ValueError, match=r"category_stages \(epoch 0\) names \['z'\]"):
+        BucketBatchSampler(index, index.rows_of("train"), 10, category_stages=[{"epochs": 1, "category_weights": {"z": 1.0}}])
+    with pytest.raises(ValueError, match=r"category_stages\[0\].epochs"):
+        BucketBatchSampler(index, index.rows_of("train"), 10, category_stages=[{"epochs": 0, "category_weights": {}}])
+
+
+def test_validation_rows_for_progress_checks_cover_every_category_evenly():
+    from modeling.train import stratified_rows
+
+    index = _index_of(["big"] * 80 + ["mid"] * 15 + ["tiny"] * 5)
+    rows = stratified_rows(index, "train", 30)
+    names, n = np.unique(index.l3[rows], return_counts=True)
+    # tiny has 5 rows, so its unused share goes to the others: 12.5 each, rounded
+    assert dict(zip(names.tolist(), n.tolist()))["tiny"] == 5
+    assert len(rows) == 30 and abs(int(n[0]) - int(n[1])) <= 1
+    assert list(rows) == sorted(rows) and len(set(rows.tolist())) == 30
+    assert list(stratified_rows(index, "train", 500)) == list(index.rows_of("train"))
