@@ -155,9 +155,12 @@ class BucketBatchSampler:
                 raise ValueError(f"category_stages[{i}].epochs must be an integer >= 1, got {epochs!r}")
             self.stage_of_epoch += [dict(stage.get("category_weights") or {})] * epochs
         held = set(index.l3[self.positions])
+        # A taxonomy category these rows lack (a preset on a small version) draws nothing; a name
+        # that is no category at all is a mistake.
+        known = held | _taxonomy_categories()
         for where, weights in [("category_weights", self.category_weights)] + [
                 (f"category_stages (epoch {e})", w) for e, w in enumerate(self.stage_of_epoch)]:
-            unknown = sorted(set(weights) - held)
+            unknown = sorted(set(weights) - known)
             if unknown:
                 raise ValueError(f"{where} names {unknown}, which the rows do not hold; "
                                  f"categories here: {sorted(held)}")
@@ -241,6 +244,13 @@ class BucketBatchSampler:
 
     def __len__(self) -> int:
         return len(self.plan(0))
+
+
+def _taxonomy_categories() -> set[str]:
+    """The default taxonomy's categories (l3 ids)."""
+    from dataflux.taxonomy import load_taxonomy
+
+    return set(load_taxonomy().ids)
 
 
 class RowReader:

@@ -20,11 +20,10 @@ from dataflux.storage.catalog import Catalog
 
 PRESET = str(Path(__file__).resolve().parents[1] / "modeling" / "configs" / "tiny.yaml")
 DEMO_CLIPS = 8000  # ~20k rows: fewer epochs in the budget, so the model learns the attributes, not the clips
-OVERALL_FLOOR = 0.85
-CATEGORY_FLOOR = 0.75
+OVERALL_FLOOR = 0.95
+CATEGORY_FLOOR = 0.88  # both scorings; runs here: worst category 92-95%, 1778-1862 steps in the budget
 CHANCE = 0.25  # four options
-GOAL = 0.95
-NOT_LEARNED = {"beep_count"}  # counting events across a clip: near chance at this size and budget
+GOAL = 0.95  # every category, both scorings: reported, met by MMAU scoring in one run of three here
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +54,16 @@ def test_tiny_moe_preset_learns_every_demo_category_within_budget(demo_training)
     assert set(audio["by_category"]) == {"tone_pitch", "waveform", "beep_count", "click_tempo", "noise_colour",
                                          "loudness", "duration", "speaking_rate"}, report
     # Regression floors under what the preset reaches (see the README's training figures: every
-    # category but beep count at 95-100% in one run; beep count, which has to be counted, near chance).
+    # category, beep count included, at 94-100% in one run; 97.6% overall). The steps a 10-minute
+    # budget buys vary with the machine's load, hence the margin under the goal.
     assert audio["exact_accuracy"] >= OVERALL_FLOOR and audio["mmau_accuracy"] >= OVERALL_FLOOR, report
     for cat, m in audio["by_category"].items():
         assert m["n"] >= 20, f"too few held-out {cat} questions to score: {m['n']}"
-        if cat not in NOT_LEARNED:
-            assert m["exact_accuracy"] >= CATEGORY_FLOOR, f"{cat}: exact {m['exact_accuracy']:.3f}\n{report}"
+        worst = min(m["exact_accuracy"], m["mmau_accuracy"])
+        assert worst >= CATEGORY_FLOOR, f"{cat}: exact {m['exact_accuracy']:.3f} mmau {m['mmau_accuracy']:.3f}\n{report}"
+    short = {c: round(min(m["exact_accuracy"], m["mmau_accuracy"]), 3) for c, m in audio["by_category"].items()
+             if min(m["exact_accuracy"], m["mmau_accuracy"]) < GOAL}
+    print(f"categories under the {GOAL} goal (worst of exact and MMAU-scored): {short or 'none'}")
     # Silence of each clip's own length leaves only the clip's length to go on: beep count must then
     # be at chance (a beep clip's length does not depend on its count), whatever the model learned.
     length_only = metrics["zero_audio"]["by_category"]["beep_count"]["exact_accuracy"]
@@ -72,14 +75,3 @@ def test_tiny_moe_preset_learns_every_demo_category_within_budget(demo_training)
     assert load["load_balance_lower_bound_ok"] and load["min_share_of_fair"] >= 0.25, load
     (record,) = Catalog(catalog, read_only=True).trainings(version)
     assert record["status"] == "completed"
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the tiny preset does not learn to count beeps in 10 minutes "
-                   "(near chance); a pass means the goal is met and this mark should go")
-def test_tiny_moe_preset_reaches_the_goal_on_every_category(demo_training):
-    _, _, result = demo_training
-    by = result["metrics"]["audio"]["by_category"]
-    worst = {c: min(m["exact_accuracy"], m["mmau_accuracy"]) for c, m in by.items()}
-    short = {c: round(a, 3) for c, a in worst.items() if a < GOAL}
-    assert not short, f"under {GOAL}: {short}"

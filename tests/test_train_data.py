@@ -262,6 +262,10 @@ def test_category_stages_set_the_mix_epoch_by_epoch_then_category_weights_take_o
     assert [b.tolist() for b in again.plan(1)] == [b.tolist() for b in sampler.plan(1)]  # resumable
     with pytest.raises(ValueError, match=r"category_stages \(epoch 0\) names \['z'\]"):
         BucketBatchSampler(index, index.rows_of("train"), 10, category_stages=[{"epochs": 1, "category_weights": {"z": 1.0}}])
+    # a category of the taxonomy these rows lack (a preset on a small version) draws nothing
+    lacking = BucketBatchSampler(index, index.rows_of("train"), 10, seed=3,
+                                 category_stages=[{"epochs": 1, "category_weights": {"beep_count": 9.0}}])
+    assert len(np.concatenate(lacking.plan(0))) == 100
     with pytest.raises(ValueError, match=r"category_stages\[0\].epochs"):
         BucketBatchSampler(index, index.rows_of("train"), 10, category_stages=[{"epochs": 0, "category_weights": {}}])
 
