@@ -22,6 +22,7 @@ Legend: B batch, L tokens, M mel bins, F mel frames.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -149,18 +150,19 @@ class BucketBatchSampler:
         self.category_weights = dict(category_weights or {}) if shuffle else {}
         # a curriculum: stage i's weights for its `epochs` epochs, in order, then category_weights
         self.stage_of_epoch: list[dict[str, float]] = []
-        for i, stage in enumerate(category_stages or [] if shuffle else []):
+        for i, stage in enumerate((category_stages or []) if shuffle else []):
             epochs = stage.get("epochs")
             if not isinstance(epochs, int) or epochs < 1:
                 raise ValueError(f"category_stages[{i}].epochs must be an integer >= 1, got {epochs!r}")
             self.stage_of_epoch += [dict(stage.get("category_weights") or {})] * epochs
         held = set(index.l3[self.positions])
-        # A taxonomy category these rows lack (a preset on a small version) draws nothing; a name
-        # that is no category at all is a mistake.
-        known = held | _taxonomy_categories()
         for where, weights in [("category_weights", self.category_weights)] + [
                 (f"category_stages (epoch {e})", w) for e, w in enumerate(self.stage_of_epoch)]:
-            unknown = sorted(set(weights) - known)
+            # A taxonomy category these rows lack (a preset on a small version) draws nothing; a
+            # name that is no category at all is a mistake. The taxonomy is read only for such names.
+            unknown = sorted(set(weights) - held)
+            if unknown:
+                unknown = sorted(set(unknown) - _taxonomy_categories())
             if unknown:
                 raise ValueError(f"{where} names {unknown}, which the rows do not hold; "
                                  f"categories here: {sorted(held)}")
@@ -246,11 +248,12 @@ class BucketBatchSampler:
         return len(self.plan(0))
 
 
-def _taxonomy_categories() -> set[str]:
-    """The default taxonomy's categories (l3 ids)."""
+@functools.lru_cache(maxsize=1)
+def _taxonomy_categories() -> frozenset[str]:
+    """The default taxonomy's categories (l3 ids), read once."""
     from dataflux.taxonomy import load_taxonomy
 
-    return set(load_taxonomy().ids)
+    return frozenset(load_taxonomy().ids)
 
 
 class RowReader:

@@ -167,7 +167,8 @@ class EurekaAudioForCausalLM(EurekaAudioPreTrainedModel):
     @torch.no_grad()
     def text_embedding_rms(self) -> torch.Tensor:
         """RMS of the LLM's input embedding table (a 0-d tensor, no gradient)."""
-        return self.llm.get_input_embeddings().weight.float().pow(2).mean().sqrt()
+        weight = self.llm.get_input_embeddings().weight
+        return torch.linalg.vector_norm(weight, dtype=torch.float32) / weight.numel() ** 0.5
 
     def splice_audio(
         self, inputs_embeds: torch.Tensor, input_ids: torch.Tensor, audio: torch.Tensor, audio_lengths: torch.Tensor

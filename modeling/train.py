@@ -167,6 +167,16 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
+def _mixture_weights(value: Any, where: str) -> dict[str, float]:
+    """A category -> weight mapping from a config, with numbers as floats."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a mapping category -> weight, got {value!r}")
+    try:
+        return {str(k): float(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: weights must be numbers, got {value!r}") from None
+
+
 def _fill(cls, values: dict[str, Any], where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
@@ -187,13 +197,7 @@ def _fill(cls, values: dict[str, Any], where: str):
             raise ValueError(f"{where}.llm: {obj.llm!r} is not one of full, lora, frozen")
         if obj.encoder not in ("train", "frozen"):
             raise ValueError(f"{where}.encoder: {obj.encoder!r} is not one of train, frozen")
-        if not isinstance(obj.category_weights, dict):
-            raise ValueError(f"{where}.category_weights: expected a mapping category -> weight, "
-                             f"got {obj.category_weights!r}")
-        try:
-            obj.category_weights = {str(k): float(v) for k, v in obj.category_weights.items()}
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}.category_weights: weights must be numbers, got {obj.category_weights!r}") from None
+        obj.category_weights = _mixture_weights(obj.category_weights, f"{where}.category_weights")
         if not isinstance(obj.category_stages, list) or not all(isinstance(st, dict) for st in obj.category_stages):
             raise ValueError(f"{where}.category_stages: expected a list of {{epochs, category_weights}} mappings, "
                              f"got {obj.category_stages!r}")
@@ -201,11 +205,8 @@ def _fill(cls, values: dict[str, Any], where: str):
             extra = sorted(set(st) - {"epochs", "category_weights"})
             if extra:
                 raise ValueError(f"{where}.category_stages[{i}]: unknown key(s) {extra} (epochs, category_weights)")
-            try:
-                st["category_weights"] = {str(k): float(v) for k, v in (st.get("category_weights") or {}).items()}
-            except (TypeError, ValueError, AttributeError):
-                raise ValueError(f"{where}.category_stages[{i}].category_weights: expected a mapping category -> "
-                                 f"number, got {st.get('category_weights')!r}") from None
+            st["category_weights"] = _mixture_weights(st.get("category_weights") or {},
+                                                      f"{where}.category_stages[{i}].category_weights")
         if obj.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"{where}.precision: {obj.precision!r} is not one of auto, bf16, fp32")
     if isinstance(obj, ModelSpec):
@@ -406,8 +407,9 @@ def stratified_rows(index: VersionIndex, split: str, max_rows: int) -> np.ndarra
 @torch.no_grad()
 def embedding_scale(model: EurekaAudioForCausalLM) -> dict[str, float]:
     """The scale audio embeddings enter the LLM at (RMS of the adapter's output gain, times the text
-    scale under audio_scale "text"; the norm's input is RMS-normalised) beside the RMS of the LLM's text embeddings: audio far above text dominates
-    the residual stream at its positions, far below it is drowned by the layers' updates."""
+    scale under audio_scale "text"; the norm's input is RMS-normalised) beside the RMS of the LLM's
+    text embeddings: audio far above text dominates the residual stream at its positions, far below
+    it is drowned by the layers' updates."""
     gain = float(model.adapter.norm.weight.float().pow(2).mean().sqrt())
     text = float(model.text_embedding_rms())
     audio = gain * text if model.config.audio_scale == "text" else gain
