@@ -23,6 +23,7 @@ Legend: B batch, L tokens, M mel bins, F mel frames.
 from __future__ import annotations
 
 import functools
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -342,6 +343,38 @@ class ExampleCache:
         return item
 
 
+OPTION_LETTERS = "ABCDEFGHIJ"
+
+
+def permute_options(messages: Sequence[dict[str, str]], choices: Sequence[str], answer_index: int,
+                    rng: np.random.Generator) -> list[dict[str, str]] | None:
+    """The conversation with its lettered options in a random order and the answer re-lettered to match.
+
+    The user turn must list the choices as "(A) first", "(B) second", ... on consecutive lines, and the
+    assistant turn must start with the lettered answer, "(C) third"; anything after it (reasoning) is
+    kept. Returns None for a conversation of any other shape (a transcript, a free-form answer), which
+    is then trained on as it is.
+    """
+    n = len(choices)
+    if not 2 <= n <= len(OPTION_LETTERS) or not 0 <= answer_index < n:
+        return None
+    lines = [f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(choices)]
+    block = "\n".join(lines)
+    users = [i for i, m in enumerate(messages) if m["role"] == "user" and block in m["content"]]
+    assistants = [i for i, m in enumerate(messages)
+                  if m["role"] == "assistant" and m["content"].startswith(lines[answer_index])]
+    if len(users) != 1 or len(assistants) != 1 or messages[users[0]]["content"].count(block) != 1:
+        return None
+    order = rng.permutation(n)  # new position j shows old option order[j]
+    new_lines = [f"({OPTION_LETTERS[j]}) {choices[k]}" for j, k in enumerate(order)]
+    new_answer = new_lines[int(np.flatnonzero(order == answer_index)[0])]
+    out = [dict(m) for m in messages]
+    out[users[0]]["content"] = out[users[0]]["content"].replace(block, "\n".join(new_lines))
+    a = out[assistants[0]]["content"]
+    out[assistants[0]]["content"] = new_answer + a[len(lines[answer_index]):]
+    return out
+
+
 class Collator:
     """Rows -> a model batch through the processor.
 
@@ -351,15 +384,38 @@ class Collator:
     attention_mask (the LM then builds a block-diagonal causal mask from the position resets).
     `zero_audio` replaces every clip by silence of the same length (the audio-blind baseline).
     `cache_mb` > 0 keeps examples (tokens and features) in an `ExampleCache` of that size.
+    `shuffle_options` shows a multiple-choice row's options in a new order each epoch (the answer
+    re-lettered; `permute_options`), drawn from (seed, epoch, sample_id), so a resumed run sees the
+    same orders: the letter of the right option then never follows from the clip alone.
     Also returns `sample_id` and `l3` lists for bookkeeping.
     """
 
     def __init__(self, processor: EurekaAudioProcessor, zero_audio: bool = False, pack_tokens: int = 0,
-                 cache_mb: float = 0.0):
+                 cache_mb: float = 0.0, shuffle_options: bool = False, seed: int = 0):
         self.processor = processor
         self.zero_audio = zero_audio
         self.pack_tokens = pack_tokens
         self.cache = ExampleCache(cache_mb) if cache_mb > 0 else None
+        self.shuffle_options = shuffle_options
+        self.seed = seed
+
+    def _shuffled(self, row: dict[str, Any], epoch: int) -> list[dict[str, str]] | None:
+        """The row's messages with the options reordered for `epoch`, or None (not shuffling, or not
+        a lettered multiple-choice row)."""
+        if not self.shuffle_options or row.get("choices") is None or row.get("answer_index") is None:
+            return None
+        key = zlib.crc32(str(row.get("sample_id", "")).encode())
+        rng = np.random.default_rng([self.seed, epoch, key])
+        return permute_options(row["messages"], list(row["choices"]), int(row["answer_index"]), rng)
+
+    def _retokenized(self, row: dict[str, Any], encoded, epoch: int):
+        """`encoded` (the row as stored), or its option-shuffled messages tokenized with the same clip."""
+        messages = self._shuffled(row, epoch)
+        if messages is None:
+            return encoded
+        pad = self.processor.audio_ids["audio_pad_token_id"]
+        n_audio = sum(1 for t in encoded.input_ids if t == pad)
+        return self.processor.encode(messages, [n_audio], where=row.get("_where", row.get("sample_id", "row")))
 
     def _audio_and_tokens(self, row: dict[str, Any]) -> tuple[np.ndarray, Any]:
         """One row -> its clip (T,) (silence of the same length with `zero_audio`) and its Encoded tokens."""
@@ -378,7 +434,7 @@ class Collator:
         features, lengths = self.processor.audio_features([audio])
         return encoded, features[0, :, : int(lengths[0])]
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, rows: Sequence[dict[str, Any]], epoch: int = 0) -> dict[str, Any]:
         p = self.processor
         if self.cache is None:
             audios, encoded = zip(*(self._audio_and_tokens(r) for r in rows))
@@ -390,6 +446,8 @@ class Collator:
             features = torch.zeros((len(examples), p.n_mels, int(feature_lengths.max())))
             for i, (_, f) in enumerate(examples):
                 features[i, :, : f.shape[-1]] = f
+        if self.shuffle_options:
+            encoded = [self._retokenized(r, e, epoch) for r, e in zip(rows, encoded)]
         batch = self._pack(encoded) if self.pack_tokens else p.pad(encoded, side="right")
         batch["input_features"], batch["feature_lengths"] = features, feature_lengths
         batch["sample_id"] = [r.get("sample_id") for r in rows]
@@ -446,13 +504,13 @@ class TrainLoader:
                 yield epoch, b, plan[b]
             epoch, done = epoch + 1, 0
 
-    def _make(self, positions: np.ndarray) -> dict[str, Any]:
-        return self.collator(self.reader.rows(positions))
+    def _make(self, epoch: int, positions: np.ndarray) -> dict[str, Any]:
+        return self.collator(self.reader.rows(positions), epoch=epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self.prefetch <= 0:
             for epoch, b, positions in self._positions():
-                batch = self._make(positions)
+                batch = self._make(epoch, positions)
                 self.epoch, self.batches_done = epoch, b + 1
                 yield batch
             return
@@ -463,7 +521,7 @@ class TrainLoader:
             pending: deque = deque()
             upcoming = self._positions()
             for item in upcoming:
-                pending.append((item[0], item[1], pool.submit(self._make, item[2])))
+                pending.append((item[0], item[1], pool.submit(self._make, item[0], item[2])))
                 if len(pending) > self.prefetch:
                     epoch, b, future = pending.popleft()
                     self.epoch, self.batches_done = epoch, b + 1
@@ -509,6 +567,7 @@ def build_loader(
     category_weights: dict[str, float] | None = None,
     cache_mb: float = 0.0,
     category_stages: Sequence[dict[str, Any]] | None = None,
+    shuffle_options: bool = False,
 ) -> TrainLoader:
     """A loader over `split` of a version index (see `TrainLoader`)."""
     sampler = BucketBatchSampler(index, index.rows_of(split), batch_size, seed=seed, shuffle=shuffle,
@@ -516,7 +575,8 @@ def build_loader(
                                  drop_last=drop_last, balance_categories=balance_categories,
                                  category_weights=category_weights, category_stages=category_stages)
     return TrainLoader(sampler, RowReader(index, cache_shards=sampler.shards_per_window),
-                       Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens, cache_mb=cache_mb), max_epochs=max_epochs,
+                       Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens, cache_mb=cache_mb,
+                                shuffle_options=shuffle_options, seed=seed), max_epochs=max_epochs,
                        prefetch=prefetch)
 
 

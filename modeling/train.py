@@ -113,6 +113,7 @@ class TrainSpec:
     category_weights: dict[str, float] = field(default_factory=dict)  # l3 -> mixture weight on its share
     # a curriculum before category_weights: [{epochs: N, category_weights: {...}}, ...], stage by stage
     category_stages: list[dict[str, Any]] = field(default_factory=list)
+    shuffle_options: bool = False  # multiple-choice options in a new order each epoch (answer re-lettered)
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -560,7 +561,7 @@ def train(
                           pack_tokens=spec.pack_tokens, rank=accelerator.process_index,
                           world_size=accelerator.num_processes, drop_last=True, prefetch=spec.prefetch,
                           balance_categories=spec.balance_categories, category_weights=spec.category_weights,
-                          category_stages=spec.category_stages,
+                          category_stages=spec.category_stages, shuffle_options=spec.shuffle_options,
                           cache_mb=spec.cache_mb)
     progress = Progress()
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -281,3 +281,75 @@ def test_validation_rows_for_progress_checks_cover_every_category_evenly():
     assert len(rows) == 30 and abs(int(n[0]) - int(n[1])) <= 1
     assert list(rows) == sorted(rows) and len(set(rows.tolist())) == 30
     assert list(stratified_rows(index, "train", 500)) == list(index.rows_of("train"))
+
+
+def test_permute_options_reletters_the_answer_and_keeps_everything_else():
+    from modeling.data import permute_options
+
+    choices = ["180 BPM", "120 BPM", "60 BPM", "90 BPM"]
+    messages = [{"role": "system", "content": "Answer with the letter."},
+                {"role": "user", "content": "<audio>\nWhat is the tempo?\n(A) 180 BPM\n(B) 120 BPM\n(C) 60 BPM\n(D) 90 BPM"},
+                {"role": "assistant", "content": "(D) 90 BPM because the clicks are 0.67 s apart."}]
+    seen = set()
+    for seed in range(40):
+        out = permute_options(messages, choices, 3, np.random.default_rng(seed))
+        assert out[0] == messages[0]
+        head, *options = out[1]["content"].split("\n(")
+        assert head == "<audio>\nWhat is the tempo?"
+        lines = ["(" + o for o in options]
+        assert [line[:4] for line in lines] == ["(A) ", "(B) ", "(C) ", "(D) "]
+        assert sorted(line[4:] for line in lines) == sorted(choices)
+        letter = out[2]["content"][1]
+        assert lines["ABCD".index(letter)] == f"({letter}) 90 BPM"
+        assert out[2]["content"].endswith(") 90 BPM because the clicks are 0.67 s apart.")
+        seen.add(tuple(line[4:] for line in lines))
+    assert len(seen) > 10  # many of the 24 orders
+    assert messages[2]["content"].startswith("(D)")  # the input is not changed in place
+    # conversations of any other shape are left alone
+    assert permute_options(messages, choices, 2, np.random.default_rng(0)) is None  # answer line not first
+    assert permute_options([{"role": "user", "content": "<audio>\nTranscribe the speech."},
+                            {"role": "assistant", "content": "hello"}], ["hello"], 0, np.random.default_rng(0)) is None
+    assert permute_options(messages, ["180 BPM", "120 BPM", "60 BPM", "45 BPM"], 3, np.random.default_rng(0)) is None
+
+
+def _answers_and_options(processor, batch):
+    """Per example: the labelled answer line and the option lines of its prompt, decoded."""
+    out = []
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        answer = processor.tokenizer.decode(labels[labels != -100]).removesuffix("<|im_end|>")
+        text = processor.tokenizer.decode(ids).split("<|im_start|>assistant")[0]
+        options = [line.removesuffix("<|im_end|>") for line in text.split("\n") if line[:1] == "(" and line[2:4] == ") "]
+        out.append((answer, options))
+    return out
+
+
+def test_shuffled_options_keep_the_answer_true_vary_by_epoch_and_resume_exactly(index, processor):
+    def loader(**kw):
+        return build_loader(index, processor, "train", batch_size=5, seed=3, shuffle_options=True, max_epochs=3, **kw)
+
+    rows = {r["sample_id"]: r for r in loader().reader.rows(index.rows_of("train"))}
+    orders: dict[str, set] = {}
+    reference = list(loader())
+    for batch in reference:
+        for sid, (answer, options) in zip(batch["sample_id"], _answers_and_options(processor, batch)):
+            row = rows[sid]
+            assert answer in options and answer[4:] == row["choices"][row["answer_index"]]
+            assert sorted(o[4:] for o in options) == sorted(row["choices"])
+            orders.setdefault(sid, set()).add(tuple(options))
+    assert sum(len(v) > 1 for v in orders.values()) > len(orders) // 2  # orders change between epochs
+    cached = list(loader(cache_mb=64))
+    for a, b in zip(reference, cached):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    first = loader(prefetch=2)
+    it = iter(first)
+    for _ in range(7):
+        next(it)
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    for a, b in zip(reference[7:], resumed):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+    # without the option, rows are shown as stored
+    plain = next(iter(build_loader(index, processor, "train", batch_size=5, seed=3)))
+    for sid, (answer, options) in zip(plain["sample_id"], _answers_and_options(processor, plain)):
+        row = rows[sid]
+        assert [o[4:] for o in options] == list(row["choices"])
