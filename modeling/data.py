@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from modeling.eval import LETTERS, option_lines
 from modeling.processor import IGNORE_INDEX, EurekaAudioProcessor
 
 INDEX_COLUMNS = ["sample_id", "split", "duration_s", "l3"]
@@ -295,10 +296,15 @@ class RowReader:
         return out
 
 
+def _where(row: dict[str, Any]) -> str:
+    """How errors name a row: its shard and position when read from one, else its sample_id."""
+    return row.get("_where", row.get("sample_id", "row"))
+
+
 def decode_row_audio(row: dict[str, Any], sampling_rate: int = 16000) -> np.ndarray:
     """The row's audio as float32 (T,) at `sampling_rate`, via dataflux's decoder (soundfile if absent)."""
     data = (row.get("audio") or {}).get("bytes")
-    where = row.get("_where", row.get("sample_id", "row"))
+    where = _where(row)
     if not data:
         raise ValueError(f"{where}: audio.bytes is empty; the row contract stores the clip's bytes inline")
     try:
@@ -343,9 +349,6 @@ class ExampleCache:
         return item
 
 
-OPTION_LETTERS = "ABCDEFGHIJ"
-
-
 def permute_options(messages: Sequence[dict[str, str]], choices: Sequence[str], answer_index: int,
                     rng: np.random.Generator) -> list[dict[str, str]] | None:
     """The conversation with its lettered options in a random order and the answer re-lettered to match.
@@ -356,9 +359,9 @@ def permute_options(messages: Sequence[dict[str, str]], choices: Sequence[str], 
     is then trained on as it is.
     """
     n = len(choices)
-    if not 2 <= n <= len(OPTION_LETTERS) or not 0 <= answer_index < n:
+    if not 2 <= n <= len(LETTERS) or not 0 <= answer_index < n:
         return None
-    lines = [f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(choices)]
+    lines = option_lines(choices)
     block = "\n".join(lines)
     users = [i for i, m in enumerate(messages) if m["role"] == "user" and block in m["content"]]
     assistants = [i for i, m in enumerate(messages)
@@ -366,7 +369,7 @@ def permute_options(messages: Sequence[dict[str, str]], choices: Sequence[str], 
     if len(users) != 1 or len(assistants) != 1 or messages[users[0]]["content"].count(block) != 1:
         return None
     order = rng.permutation(n)  # new position j shows old option order[j]
-    new_lines = [f"({OPTION_LETTERS[j]}) {choices[k]}" for j, k in enumerate(order)]
+    new_lines = option_lines([choices[k] for k in order])
     new_answer = new_lines[int(np.flatnonzero(order == answer_index)[0])]
     out = [dict(m) for m in messages]
     out[users[0]]["content"] = out[users[0]]["content"].replace(block, "\n".join(new_lines))
@@ -400,9 +403,9 @@ class Collator:
         self.seed = seed
 
     def _shuffled(self, row: dict[str, Any], epoch: int) -> list[dict[str, str]] | None:
-        """The row's messages with the options reordered for `epoch`, or None (not shuffling, or not
-        a lettered multiple-choice row)."""
-        if not self.shuffle_options or row.get("choices") is None or row.get("answer_index") is None:
+        """The row's messages with the options reordered for `epoch`, or None (not a lettered
+        multiple-choice row)."""
+        if row.get("choices") is None or row.get("answer_index") is None:
             return None
         key = zlib.crc32(str(row.get("sample_id", "")).encode())
         rng = np.random.default_rng([self.seed, epoch, key])
@@ -415,7 +418,7 @@ class Collator:
             return encoded
         pad = self.processor.audio_ids["audio_pad_token_id"]
         n_audio = sum(1 for t in encoded.input_ids if t == pad)
-        return self.processor.encode(messages, [n_audio], where=row.get("_where", row.get("sample_id", "row")))
+        return self.processor.encode(messages, [n_audio], where=_where(row))
 
     def _audio_and_tokens(self, row: dict[str, Any]) -> tuple[np.ndarray, Any]:
         """One row -> its clip (T,) (silence of the same length with `zero_audio`) and its Encoded tokens."""
@@ -424,7 +427,7 @@ class Collator:
         if self.zero_audio:
             audio = np.zeros_like(audio)
         encoded = p.encode(row["messages"], [p.audio_token_count(len(audio))],
-                           where=row.get("_where", row.get("sample_id", "row")))
+                           where=_where(row))
         return audio, encoded
 
     def _example(self, row: dict[str, Any]) -> tuple[Any, torch.Tensor]:

@@ -109,9 +109,14 @@ def prediction_of(item: Mapping[str, Any]) -> str:
     return ""
 
 
+def option_lines(choices: Sequence[str]) -> list[str]:
+    """The lettered options as the prompt lists them and the answer names one: "(A) first", "(B) second"."""
+    return [f"({LETTERS[i]}) {c}" for i, c in enumerate(choices)]
+
+
 def format_prompt(question: str, choices: Sequence[str]) -> str:
     """The user turn the model is trained on: the audio placeholder, the question, lettered options."""
-    options = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
+    options = "\n".join(option_lines(choices))
     return f"<audio>\n{question}\n{options}"
 
 
