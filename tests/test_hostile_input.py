@@ -246,6 +246,25 @@ def test_sql_still_reads_the_catalog_the_samples_view_and_shards(sql_home):
         assert out.strip().splitlines()[1] == want, (query, out)
 
 
+def test_the_seal_ends_with_the_query(tmp_path):
+    """DuckDB settings are global to the catalog file's instance: after a refused query the same
+    process still writes the catalog and reads a shard that did not exist when the seal was set."""
+    from dataflux.storage.catalog import QueryRefused
+
+    cat = Catalog(tmp_path / "catalog.duckdb")
+    first = cat.create_version("a")
+    cat.commit_partition(first, "p0", write_shard([make_example_row("a", audio_bytes=tone_wav_bytes(300.0))],
+                                                  shard_path(tmp_path / "shards", first, "p0")), [], [], "run-1")
+    with pytest.raises(QueryRefused, match="Permission Error"):
+        cat.query("SELECT content FROM read_text('/etc/hostname')")
+    second = cat.create_version("b")
+    info = write_shard([make_example_row("b", audio_bytes=tone_wav_bytes(400.0))],
+                       shard_path(tmp_path / "shards", second, "p0"))
+    cat.commit_partition(second, "p0", info, [], [], "run-1")
+    assert cat.stats(second)["rows"] == 1
+    assert cat.query("SELECT count(*) FROM samples")[1] == [(2,)]
+
+
 # --- dataflux llm serve owns its child server ---------------------------------------------------
 
 def _children(pid: int) -> list[int]:
@@ -308,7 +327,8 @@ def test_llm_serve_stops_its_llama_cpp_server_on_a_signal(smollm2, sig, tmp_path
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period():
     """The escalation path, on a real child process that ignores SIGTERM as a hung server would."""
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('up', flush=True); time.sleep(60)")
     owner = (f"import sys; from dataflux.llm.serve import run_owned; "
              f"sys.exit(run_owned([sys.executable, '-c', {stubborn!r}], grace_s=1.0))")
     proc = subprocess.Popen([sys.executable, "-c", owner], env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -23,18 +23,21 @@ def resolved_root(root: str | os.PathLike[str]) -> str:
     return os.path.realpath(root)
 
 
-def is_under(path: str | os.PathLike[str], root: str) -> bool:
-    """Whether `path`, with symlinks resolved, is `root` or lies below it (`root` already resolved)."""
+def is_under(path: str | os.PathLike[str], root: str | tuple[str, ...]) -> bool:
+    """Whether `path`, with symlinks resolved, is a root or lies below one (roots already resolved)."""
     real = os.path.realpath(path)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+    roots = (root,) if isinstance(root, str) else root
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
-def outside_root_reject(path: str | os.PathLike[str], root: str, *, source: str, key: str, where: str,
-                        allowed: bool = False) -> Reject | None:
-    """A Reject naming `path` when it resolves outside `root` (resolved) and `allowed` is off, else None."""
+def outside_root_reject(path: str | os.PathLike[str], root: str | tuple[str, ...], *, source: str, key: str,
+                        where: str, allowed: bool = False) -> Reject | None:
+    """A Reject naming `path` when it resolves outside `root` (resolved; or any of several) and
+    `allowed` is off, else None."""
     if allowed or is_under(path, root):
         return None
+    named = root if isinstance(root, str) else " or ".join(root)
     return Reject(source, key, "source", OUTSIDE_ROOT,
                   f"{where}: audio path {os.fspath(path)!r} resolves to {os.path.realpath(path)!r}, outside the "
-                  f"source root {root!r}; move the file under the root, or set allow_outside_root: true "
+                  f"source root {named!r}; move the file under the root, or set allow_outside_root: true "
                   f"on the source if you mean it")

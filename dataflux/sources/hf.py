@@ -113,13 +113,15 @@ class HFSource:
             yield SourceItem(source=self.name, source_id=key, audio_bytes=data, audio_path=path,
                              labels=labels, license=self.license)
 
-    def _root(self) -> str:
+    def _root(self) -> str | tuple[str, ...]:
         """Where audio paths of this dataset may point: the local folder it lives in (the folder
-        itself, a Parquet file's folder, a glob's fixed prefix), or the Hugging Face cache (hub)."""
+        itself, a Parquet file's folder, a glob's fixed prefix), or the Hugging Face caches (hub)."""
         if self.data_format == "hub":
+            import datasets
             from huggingface_hub import constants
 
-            return resolved_root(constants.HF_HOME)
+            caches = (constants.HF_HOME, constants.HF_HUB_CACHE, datasets.config.HF_DATASETS_CACHE)
+            return tuple(dict.fromkeys(resolved_root(c) for c in caches))
         if os.path.isdir(self.path):
             return resolved_root(self.path)
         fixed = self.path.split("*")[0].split("?")[0].split("[")[0]

@@ -75,6 +75,7 @@ class ManifestSource:
         return f"row{row}"
 
     def iter_items(self, partition: int = 0, n_partitions: int = 1) -> Iterator[SourceItem | Reject]:
+        root = resolved_root(self.audio_root)
         for row, record, problem in self._records():
             key = self._key(row, record)
             if partition_of(f"{self.name}/{key}", n_partitions) != partition:
@@ -89,7 +90,7 @@ class ManifestSource:
                 yield Reject(self.name, key, "source", "bad_field", f"{where}: field {file_col!r} is missing or empty")
                 continue
             audio_path = Path(rel) if os.path.isabs(rel) else self.audio_root / rel
-            outside = outside_root_reject(audio_path, resolved_root(self.audio_root), source=self.name, key=key,
+            outside = outside_root_reject(audio_path, root, source=self.name, key=key,
                                           where=f"{where}: field {file_col!r}", allowed=self.allow_outside_root)
             if outside is not None:
                 yield outside
