@@ -212,23 +212,20 @@ def sql_home(tmp_path_factory):
     return home, vid, cat.shard_paths(vid)
 
 
-def _sql_cli(home: Path, query: str) -> subprocess.Popen:
+def _sql_cli(home: Path, query: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATAFLUX_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "dataflux.cli", "sql", query], cwd=home, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run([sys.executable, "-m", "dataflux.cli", "sql", query], cwd=home, env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_sql_refuses_every_hostile_statement_in_one_line_with_exit_2(sql_home, tmp_path):
     home, _, _ = sql_home
-    queries = [q.format(out=tmp_path) for q in HOSTILE_SQL]
-    procs = [(q, _sql_cli(home, q)) for q in queries]  # at once: each is mostly interpreter start-up
-    for query, proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (query, out, err)
-        assert out == "", (query, out)
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("dataflux sql: error: "), (query, err)
-        assert "Traceback" not in err
+    for query in (q.format(out=tmp_path) for q in HOSTILE_SQL):
+        done = _sql_cli(home, query)
+        assert done.returncode == 2, (query, done.stdout, done.stderr)
+        assert done.stdout == "", (query, done.stdout)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dataflux sql: error: "), (query, done.stderr)
     assert not list(tmp_path.iterdir())  # nothing was written
 
 
@@ -239,11 +236,10 @@ def test_sql_still_reads_the_catalog_the_samples_view_and_shards(sql_home):
         "SELECT version_id, count(*) FROM samples GROUP BY 1": f"{vid}\t3",
         f"SELECT count(*) FROM read_parquet('{paths[0]}')": "2",
     }
-    procs = [(q, want, _sql_cli(home, q)) for q, want in checks.items()]
-    for query, want, proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, (query, err)
-        assert out.strip().splitlines()[1] == want, (query, out)
+    for query, want in checks.items():
+        done = _sql_cli(home, query)
+        assert done.returncode == 0, (query, done.stderr)
+        assert done.stdout.strip().splitlines()[1] == want, (query, done.stdout)
 
 
 def test_the_seal_ends_with_the_query(tmp_path):
