@@ -184,6 +184,7 @@ def run_owned(cmd: list[str], *, env: dict[str, str] | None = None, grace_s: flo
     (SIGTERM, then SIGKILL after `grace_s`) and waits for it, so no server outlives the command.
     Returns the child's exit code, or 0 after a requested stop.
     """
+    # the CLI is single-threaded here, so running a function between fork and exec is safe
     pdeathsig = _die_with_parent if sys.platform.startswith("linux") else None
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in handled}
