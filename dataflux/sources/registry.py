@@ -44,6 +44,7 @@ def open_source(config: Config, name: str):
     kind = spec["kind"]
     license = spec.get("license", "unknown")
     fields = spec.get("fields")
+    outside = bool(spec.get("allow_outside_root", False))  # dataflux.sources.confine
     if kind == "demo":
         return DemoSource(name, size=spec.get("size", 240), seed=spec.get("seed", 0),
                           error_rate=spec.get("error_rate", 0.1), license=spec.get("license", "CC0-1.0 (synthesized)"))
@@ -51,15 +52,16 @@ def open_source(config: Config, name: str):
     if kind == "folder":
         from dataflux.sources.folder import FolderSource
 
-        return FolderSource(name, path, labels=spec.get("labels"), fields=fields, license=license)
+        return FolderSource(name, path, labels=spec.get("labels"), fields=fields, license=license,
+                            allow_outside_root=outside)
     if kind == "manifest":
         from dataflux.sources.manifest import ManifestSource
 
-        return ManifestSource(name, path, fields=fields, license=license)
+        return ManifestSource(name, path, fields=fields, license=license, allow_outside_root=outside)
     if kind == "hf":
         from dataflux.sources.hf import HFSource
 
         return HFSource(name, path, data_format=spec.get("data_format"), split=spec.get("split", "train"),
                         streaming=spec.get("streaming", False), fields=fields, license=license,
-                        limit=spec.get("limit"))
+                        limit=spec.get("limit"), allow_outside_root=outside)
     raise ValueError(f"source {name!r}: unknown kind {kind!r}")

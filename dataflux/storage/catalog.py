@@ -63,6 +63,10 @@ class PartitionAlreadyCommitted(CatalogError):
     pass
 
 
+class QueryRefused(CatalogError):
+    """A user's SQL statement was refused or failed (dataflux.storage.sql_sandbox); one-line message."""
+
+
 class CatalogReadOnly(CatalogError):
     pass
 
@@ -616,34 +620,47 @@ class Catalog:
 
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
         """Run one read-only statement (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN / PRAGMA)
-        on a read-only connection. Returns (column names, rows)."""
+        on a read-only connection sealed by dataflux.storage.sql_sandbox: it reads the catalog's
+        tables and the version shards, nothing else. Returns (column names, rows); raises
+        `QueryRefused` (one line) for a refused or failing statement."""
+        from dataflux.storage.sql_sandbox import refusal_message, seal
+
         with self._connect(read_only=True) as con:
-            statements = con.extract_statements(sql)
+            try:
+                statements = con.extract_statements(sql)
+            except duckdb.Error as e:
+                raise QueryRefused(refusal_message(e)) from None
             if len(statements) != 1:
-                raise CatalogError(f"query takes exactly one statement, got {len(statements)}")
+                raise QueryRefused(f"query takes exactly one statement, got {len(statements)}")
             kind = statements[0].type.name
             if kind not in _READ_STATEMENTS:
-                raise CatalogError(f"query is read-only: {kind} statements are refused ({sql[:60]!r})")
-            self._register_samples_view(con)
-            cur = con.execute(sql, params or [])
-            cols = [d[0] for d in cur.description] if cur.description else []
-            return cols, cur.fetchall()
+                raise QueryRefused(f"query is read-only: {kind} statements are refused ({sql[:60]!r})")
+            shard_files = self._register_samples_view(con)
+            seal(con, shard_files)
+            try:
+                cur = con.execute(sql, params or [])
+                cols = [d[0] for d in cur.description] if cur.description else []
+                return cols, cur.fetchall()
+            except duckdb.Error as e:
+                raise QueryRefused(refusal_message(e)) from None
 
-    def _register_samples_view(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _register_samples_view(self, con: duckdb.DuckDBPyConnection) -> list[str]:
         """A temporary `samples` view: every version's rows with a `version_id` column, so that
-        `SELECT version_id, l3, count(*) FROM samples GROUP BY ALL` works without listing shards."""
+        `SELECT version_id, l3, count(*) FROM samples GROUP BY ALL` works without listing shards.
+        Returns the paths of all the catalog's shard files (the ones a sealed query may read)."""
         by_version: dict[str, list[str]] = {}
         rows = con.execute("SELECT version_id, path FROM shards WHERE path IS NOT NULL "
                            "ORDER BY version_id, partition_key").fetchall()
-        for vid, stored in rows:
-            path = self._full_path(stored)
+        every = [self._full_path(stored) for _, stored in rows]
+        for (vid, _), path in zip(rows, every):
             if "://" in path or os.path.exists(path):
                 by_version.setdefault(vid, []).append(path)
         if not by_version:
-            return
+            return every
         parts = [f"SELECT {_sql_str(vid)} AS version_id, * FROM {_read_parquet_sql(paths)}"
                  for vid, paths in by_version.items()]
         con.execute("CREATE OR REPLACE TEMP VIEW samples AS " + " UNION ALL BY NAME ".join(parts))
+        return every
 
     def samples_relation_sql(self, vid: str, *, require_finalized: bool = False) -> str:
         """`read_parquet([...])` over the version's shards, to use in DuckDB SQL as a table."""
