@@ -96,7 +96,11 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     source = open_source(config, source_name)
     taxonomy = load_taxonomy(config.data.get("taxonomy"))
     categories = source_leaves(config, source_name, taxonomy)
-    vocab = source.vocabulary()
+    filters = FilterConfig.from_dict(config.data["filters"])
+    limits = {"max_seconds": float(filters.max_duration_s or 600.0),
+              "min_seconds": min(0.05, float(filters.min_duration_s or 0.05))}
+    survey = _survey(config, source_name, source, limits)
+    vocab = survey.vocabulary if survey is not None else source.vocabulary()
     if vocab:
         categories = taxonomy.with_vocabulary(categories, vocab)
     leaf_ids = [c.id for c in categories]
@@ -112,9 +116,6 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
         cache = Catalog(config.catalog_path)
     steps, pool = build_steps(config, categories, run_id=run_id, cache=cache)
     loop_cfg = LoopConfig(**config.data["loop"])
-    filters = FilterConfig.from_dict(config.data["filters"])
-    limits = {"max_seconds": float(filters.max_duration_s or 600.0),
-              "min_seconds": min(0.05, float(filters.min_duration_s or 0.05))}
 
     rejects: list[Reject] = []
     items: list[dict] = []
@@ -124,9 +125,11 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
 
     for obj in source.iter_items(partition, n_partitions):
         counts["items"] += 1
+        if survey is not None and not isinstance(obj, Reject):
+            obj = survey.settle(obj)  # a later copy of identical audio becomes its duplicate reject
         if isinstance(obj, Reject):
             rejects.append(obj)
-            items.append(_ledger(obj.source, obj.source_id, None, "rejected:" + obj.reason, None))
+            items.append(_ledger(obj.source, obj.source_id, obj.audio_sha256, "rejected:" + obj.reason, None))
             continue
         try:
             analysed = analyze_item(obj, _leaves_to_measure(obj, leaf_ids, claims_only), **limits)
@@ -209,6 +212,16 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     counts["rejects"] = len(rejects)
     counts.update({f"loop_{k}": int(v) for k, v in loop_stats.counts.items()})
     return PartitionResult(source_name, key, shard, rejects, items, counts, llm=llm)
+
+
+def _survey(config: Config, source_name: str, source, limits: dict):
+    """Identical audio and the option vocabulary over the whole source (dataflux.sources.survey).
+    The demo source makes distinct clips and carries no label vocabulary: nothing to survey."""
+    if config.sources[source_name]["kind"] == "demo":
+        return None
+    from dataflux.sources.survey import survey_source
+
+    return survey_source(source, **limits)
 
 
 def _leaves_to_measure(item, leaf_ids: list[str], claims_only: bool) -> list[str]:

@@ -51,11 +51,12 @@ def open_source(config: Config, name: str):
     if kind == "folder":
         from dataflux.sources.folder import FolderSource
 
-        return FolderSource(name, path, labels=spec.get("labels"), fields=fields, license=license)
+        return FolderSource(name, path, labels=spec.get("labels"), fields=fields, license=license,
+                            format=spec.get("format"))
     if kind == "manifest":
         from dataflux.sources.manifest import ManifestSource
 
-        return ManifestSource(name, path, fields=fields, license=license)
+        return ManifestSource(name, path, fields=fields, license=license, format=spec.get("format"))
     if kind == "hf":
         from dataflux.sources.hf import HFSource
 
