@@ -35,7 +35,7 @@ def test_bad_audio_and_bad_manifest_rows_become_rejects_with_reasons(tmp_path, d
         {"file": "good3.flac", "label": "hum"}, {"file": "corrupt.wav", "label": "bell"},
         {"file": "empty.wav", "label": "beep"}, {"file": "nan.wav", "label": "beep"},
         {"file": "oddrate.wav", "label": "beep"}, {"file": "missing.wav", "label": "beep"},
-        {"file": "good1.wav"},  # label missing
+        {"file": "good1.wav"},  # label missing: another copy of r0's audio
     ]
     manifest = tmp_path / "labels.jsonl"
     manifest.write_text("\n".join(json.dumps({**r, "id": f"r{i}"}) for i, r in enumerate(rows)) + "\n{oops\n")
@@ -62,7 +62,7 @@ def test_bad_audio_and_bad_manifest_rows_become_rejects_with_reasons(tmp_path, d
     assert "nan_samples" in by_id["r5"]
     assert "bad_sample_rate" in by_id["r6"]
     assert "missing_file" in by_id["r7"]
-    assert "bad_field" in by_id["r8"]
+    assert "duplicate_audio" in by_id["r8"]  # the same file again is processed once
     assert any(k.startswith("row") for k in by_id)  # the unparsable line, named by its row
     _, kept = cat.query(f"SELECT DISTINCT source_id FROM {cat.samples_relation_sql(summary['version'])} ORDER BY 1")
     assert [k[0] for k in kept] == ["r0", "r1", "r2"]
