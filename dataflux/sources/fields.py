@@ -176,8 +176,9 @@ def _text(value: Any, field: str, column: str) -> str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    raise FieldProblem("bad_field", f"field {field!r} (column {column!r}) must be text, "
-                                    f"got {type(value).__name__}")
+    raise FieldProblem("bad_field", f"field {field!r} (column {column!r}) must be text"
+                                    + (" or a list of text" if field == "labels" else "")
+                                    + f", got {type(value).__name__}")
 
 
 def _capped(value: str, field: str, column: str, limit: int) -> str:
@@ -188,6 +189,8 @@ def _capped(value: str, field: str, column: str, limit: int) -> str:
 
 
 def parse_labels(value: Any, column: str, file_stem: str | None) -> list[str]:
+    if not isinstance(value, (list, tuple)):
+        _text(value, "labels", column)  # a mapping or another object is no label
     raw = split_labels(value)
     out: list[str] = []
     for item in raw:

@@ -66,7 +66,7 @@ def read_manifest(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dic
         if fmt == "tsv":
             reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, skipinitialspace=True)  # `a, "b, c"` is two cells
         if reader.fieldnames:
             reader.fieldnames = [name.strip() for name in reader.fieldnames]
         for i, record in enumerate(reader, start=1):
