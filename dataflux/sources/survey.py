@@ -12,8 +12,9 @@ order, and decides for the whole source:
 - the vocabulary of label-driven leaves (the options of their questions) is built from the kept
   copies that pass the source stage and decode, never from a rejected row.
 
-The outcome depends only on the source's content, so every partition (in any process) computes
-the same survey; within a process it is computed once per source state.
+Sources of one run are surveyed in the run's order, so a copy in a later source is a duplicate of
+the copy in an earlier one. The outcome depends only on the sources' content, so every partition
+(in any process) computes the same survey; within a process it is computed once per state.
 """
 
 from __future__ import annotations
@@ -41,17 +42,22 @@ class Survey:
         return item
 
 
-_cache: dict[tuple, Survey] = {}
+_cache: dict[tuple, dict[str, Survey]] = {}
 _lock = threading.Lock()
 
 
-def survey_source(source, *, max_seconds: float, min_seconds: float) -> Survey:
-    """The survey of `source` in its current state (cached per process by the source's fingerprint)."""
-    key = (source.name, source.fingerprint(), max_seconds, min_seconds)
+def survey_source(source, *, max_seconds: float, min_seconds: float, before: list | None = None) -> Survey:
+    """The survey of `source` in its current state (cached per process by the sources' fingerprints).
+
+    `before`: the sources that precede it in the same run; a copy of their audio in `source` is a
+    duplicate of theirs, so identical audio is processed once across the whole run.
+    """
+    sources = [*(before or []), source]
+    key = (tuple((s.name, s.fingerprint()) for s in sources), max_seconds, min_seconds)
     with _lock:
         if key not in _cache:
-            _cache[key] = _survey(source, max_seconds=max_seconds, min_seconds=min_seconds)
-        return _cache[key]
+            _cache[key] = _survey(sources, max_seconds=max_seconds, min_seconds=min_seconds)
+        return _cache[key][source.name]
 
 
 def _read(item: SourceItem) -> bytes | None:
@@ -76,39 +82,48 @@ def _decodes(data: bytes, name: str, max_seconds: float, min_seconds: float) -> 
     return True
 
 
-def _survey(source, *, max_seconds: float, min_seconds: float) -> Survey:
-    survey = Survey()
+def _survey(sources: list, *, max_seconds: float, min_seconds: float) -> dict[str, Survey]:
+    surveys = {s.name: Survey() for s in sources}
     kept: dict[str, SourceItem] = {}  # audio sha256 -> the kept copy
     decodable: dict[str, bool] = {}
-    for item in source.iter_items(0, 1):
-        if isinstance(item, Reject):
-            continue
-        data = _read(item)
-        if data is None:
-            continue  # the analysis stage rejects it as unreadable
-        digest = sha256_bytes(data)
-        first = kept.get(digest)
-        if first is None:
-            kept[digest] = item
-            decodable[digest] = _decodes(data, item.audio_path or item.source_id, max_seconds, min_seconds)
-            continue
-        conflicts = _conflicts(first.labels, item.labels)
-        where = f"{source.name}/{first.source_id}"
-        if conflicts:
-            detail = (f"same audio (sha256 {digest[:16]}) as {where}, which is kept, but "
-                      + "; ".join(f"{k}: {a!r} there, {b!r} here" for k, a, b in conflicts)
-                      + f"; {source.name}/{item.source_id} is left out and none of its metadata used")
-            reason = "duplicate_conflict"
-        else:
-            first.labels = _merged(first.labels, item.labels)
-            survey.merged_labels[first.source_id] = first.labels
-            detail = f"same audio (sha256 {digest[:16]}) as {where}, which is kept; labels merged into it"
-            reason = "duplicate_audio"
-        survey.duplicates[item.source_id] = Reject(
-            item.source, item.source_id, "source", reason, detail, audio_sha256=digest,
-            extra={"kept_source_id": first.source_id, "conflicting_fields": [k for k, _, _ in conflicts]})
-    survey.vocabulary = vocabulary_of(it.labels for digest, it in kept.items() if decodable[digest])
-    return survey
+    for source in sources:
+        survey = surveys[source.name]
+        for item in source.iter_items(0, 1):
+            if isinstance(item, Reject):
+                continue
+            data = _read(item)
+            if data is None:
+                continue  # the analysis stage rejects it as unreadable
+            digest = sha256_bytes(data)
+            first = kept.get(digest)
+            if first is None:
+                kept[digest] = item
+                decodable[digest] = _decodes(data, item.audio_path or item.source_id, max_seconds, min_seconds)
+                continue
+            survey.duplicates[item.source_id] = _duplicate(first, item, digest, surveys[first.source])
+    for name, survey in surveys.items():
+        survey.vocabulary = vocabulary_of(it.labels for digest, it in kept.items()
+                                          if it.source == name and decodable[digest])
+    return surveys
+
+
+def _duplicate(first: SourceItem, item: SourceItem, digest: str, first_survey: Survey) -> Reject:
+    """The reject of a later copy; merges its labels into the kept copy when nothing conflicts."""
+    conflicts = _conflicts(first.labels, item.labels)
+    where = f"{first.source}/{first.source_id}"
+    if conflicts:
+        detail = (f"same audio (sha256 {digest[:16]}) as {where}, which is kept, but "
+                  + "; ".join(f"{k}: {a!r} there, {b!r} here" for k, a, b in conflicts)
+                  + f"; {item.source}/{item.source_id} is left out and none of its metadata used")
+        reason = "duplicate_conflict"
+    else:
+        first.labels = _merged(first.labels, item.labels)
+        first_survey.merged_labels[first.source_id] = first.labels
+        detail = f"same audio (sha256 {digest[:16]}) as {where}, which is kept; labels merged into it"
+        reason = "duplicate_audio"
+    return Reject(item.source, item.source_id, "source", reason, detail, audio_sha256=digest,
+                  extra={"kept_source": first.source, "kept_source_id": first.source_id,
+                         "conflicting_fields": [k for k, _, _ in conflicts]})
 
 
 def _conflicts(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
