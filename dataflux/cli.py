@@ -95,6 +95,12 @@ def _print_stats(version: str, stats: dict) -> None:
     for key in ("samples_per_category", "rejects_by_reason", "answer_position"):
         if stats.get(key):
             print(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in stats[key].items()))
+    q = stats.get("questions_per_clip")
+    if q and q.get("histogram"):
+        print(f"  questions_per_clip: mean {q['mean']:.2f}, min {q['min']}, max {q['max']}; "
+              + ", ".join(f"{n} q: {c} clips" for n, c in q["histogram"].items()))
+    for src, cats in (stats.get("categories_per_source") or {}).items():
+        print(f"  categories of {src}: {len(cats)} (" + ", ".join(f"{k}={v}" for k, v in cats.items()) + ")")
     if stats.get("duration_s"):
         d = stats["duration_s"]
         print("  duration_s: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items()))

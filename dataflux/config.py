@@ -138,10 +138,29 @@ def validate(data: Any, *, origin: str) -> None:
     names = [a["name"] for a in (data.get("steps") or {}).get("answerers") or []]
     if len(names) != len(set(names)):
         raise ConfigError(f"{origin}: steps.answerers: answerer names must be unique, got {names}")
+    _check_field_mappings(data, origin)
     for i, sched in enumerate(data.get("schedules") or []):
         for src in sched.get("sources", []):
             if src not in data["sources"]:
                 raise ConfigError(f"{origin}: schedules.{i}.sources: unknown source {src!r}; known: {sorted(data['sources'])}")
+
+
+def _check_field_mappings(data: dict, origin: str) -> None:
+    """Every key of a source's `fields` is a known field or a taxonomy leaf id, never silently ignored."""
+    mapped = {name: spec["fields"] for name, spec in data["sources"].items() if spec.get("fields")}
+    if not mapped:
+        return
+    from dataflux.sources.fields import check_field_mapping
+    from dataflux.taxonomy import TaxonomyError, load_taxonomy
+
+    try:
+        leaf_ids = load_taxonomy(data.get("taxonomy")).ids
+    except (TaxonomyError, OSError):
+        return  # the run reports the taxonomy file's own problem
+    problems = [p for name, fields in mapped.items()
+                for p in check_field_mapping(fields, leaf_ids, where=f"sources.{name}.fields")]
+    if problems:
+        raise ConfigError(f"{origin}: " + f"\n{origin}: ".join(problems))
 
 
 def _check_endpoint_ref(data: dict, spec: dict, where: str, origin: str) -> None:

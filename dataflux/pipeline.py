@@ -76,13 +76,15 @@ def use_object_store(config: Config) -> None:
 
 
 def process_partition(config: Config, source_name: str, partition: int, n_partitions: int, version_id: str,
-                      run_id: str, *, progress: bool = False) -> PartitionResult:
+                      run_id: str, *, progress: bool = False, run_sources: list[str] | None = None) -> PartitionResult:
+    """`run_sources`: every source of the run, in order, so identical audio across them is processed once."""
     use_object_store(config)
     return asyncio.run(_process_partition(config, source_name, partition, n_partitions, version_id, run_id,
-                                          progress=progress))
+                                          progress=progress, run_sources=run_sources))
 
 
-async def _process_partition(config, source_name, partition, n_partitions, version_id, run_id, *, progress):
+async def _process_partition(config, source_name, partition, n_partitions, version_id, run_id, *, progress,
+                             run_sources=None):
     from dataflux.audio.analyze import analyze_item
     from dataflux.loop import LoopConfig, LoopStats, run_clip
     from dataflux.sources.registry import open_source
@@ -96,7 +98,11 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     source = open_source(config, source_name)
     taxonomy = load_taxonomy(config.data.get("taxonomy"))
     categories = source_leaves(config, source_name, taxonomy)
-    vocab = source.vocabulary()
+    filters = FilterConfig.from_dict(config.data["filters"])
+    limits = {"max_seconds": float(filters.max_duration_s or 600.0),
+              "min_seconds": min(0.05, float(filters.min_duration_s or 0.05))}
+    survey = _survey(config, source_name, source, limits, run_sources or [source_name])
+    vocab = survey.vocabulary if survey is not None else source.vocabulary()
     if vocab:
         categories = taxonomy.with_vocabulary(categories, vocab)
     leaf_ids = [c.id for c in categories]
@@ -112,9 +118,6 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
         cache = Catalog(config.catalog_path)
     steps, pool = build_steps(config, categories, run_id=run_id, cache=cache)
     loop_cfg = LoopConfig(**config.data["loop"])
-    filters = FilterConfig.from_dict(config.data["filters"])
-    limits = {"max_seconds": float(filters.max_duration_s or 600.0),
-              "min_seconds": min(0.05, float(filters.min_duration_s or 0.05))}
 
     rejects: list[Reject] = []
     items: list[dict] = []
@@ -124,9 +127,11 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
 
     for obj in source.iter_items(partition, n_partitions):
         counts["items"] += 1
+        if survey is not None and not isinstance(obj, Reject):
+            obj = survey.settle(obj)  # a later copy of identical audio becomes its duplicate reject
         if isinstance(obj, Reject):
             rejects.append(obj)
-            items.append(_ledger(obj.source, obj.source_id, None, "rejected:" + obj.reason, None))
+            items.append(_ledger(obj.source, obj.source_id, obj.audio_sha256, "rejected:" + obj.reason, None))
             continue
         try:
             analysed = analyze_item(obj, _leaves_to_measure(obj, leaf_ids, claims_only), **limits)
@@ -209,6 +214,19 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     counts["rejects"] = len(rejects)
     counts.update({f"loop_{k}": int(v) for k, v in loop_stats.counts.items()})
     return PartitionResult(source_name, key, shard, rejects, items, counts, llm=llm)
+
+
+def _survey(config: Config, source_name: str, source, limits: dict, run_sources: list[str]):
+    """Identical audio and the option vocabulary over the run's sources (dataflux.sources.survey).
+    The demo source makes distinct clips and carries no label vocabulary: nothing to survey."""
+    if config.sources[source_name]["kind"] == "demo":
+        return None
+    from dataflux.sources.registry import open_source
+    from dataflux.sources.survey import survey_source
+
+    before = run_sources[:run_sources.index(source_name)] if source_name in run_sources else []
+    before = [open_source(config, s) for s in before if config.sources[s]["kind"] != "demo"]
+    return survey_source(source, before=before, **limits)
 
 
 def _leaves_to_measure(item, leaf_ids: list[str], claims_only: bool) -> list[str]:

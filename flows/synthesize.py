@@ -21,9 +21,9 @@ from dataflux.pipeline import PartitionResult, partition_key, process_partition,
 
 @task(name="process-partition", retries=2, retry_delay_seconds=1)
 def partition_task(config_data: dict, config_path: str | None, source: str, partition: int, n_partitions: int,
-                   version_id: str, run_id: str) -> PartitionResult:
+                   version_id: str, run_id: str, run_sources: list[str] | None = None) -> PartitionResult:
     config = config_from_dict(config_data, origin=config_path or "<flow parameters>")
-    return process_partition(config, source, partition, n_partitions, version_id, run_id)
+    return process_partition(config, source, partition, n_partitions, version_id, run_id, run_sources=run_sources)
 
 
 def task_runner_for(config: Config):
@@ -102,7 +102,8 @@ def synthesize_flow(config_data: dict, config_path: str | None = None, sources: 
     logger.info("version %s: %d partitions to do, %d already committed", version_id, len(todo), len(committed))
     retries = int(config.data["run"].get("task_retries", 2))
     task_fn = partition_task.with_options(retries=retries)
-    futures = [task_fn.submit(config.data, config_path, s, p, n_partitions, version_id, run_id) for s, p in todo]
+    futures = [task_fn.submit(config.data, config_path, s, p, n_partitions, version_id, run_id, chosen)
+               for s, p in todo]
 
     counts = {"partitions_done": 0, "partitions_skipped": skipped, "items": 0, "rows": 0, "rejects": 0,
               "partitions_failed": 0, "budget_exhausted": 0,

@@ -24,6 +24,7 @@ def test_bad_audio_and_bad_manifest_rows_become_rejects_with_reasons(tmp_path, d
     audio.mkdir()
     _tone(audio / "good1.wav")
     _tone(audio / "good2.wav", freq=880.0)
+    _tone(audio / "good4.wav", freq=660.0)
     sf.write(audio / "good3.flac", 0.1 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000), 16000)
     (audio / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" + bytes(100))
     (audio / "empty.wav").write_bytes(b"")
@@ -35,7 +36,8 @@ def test_bad_audio_and_bad_manifest_rows_become_rejects_with_reasons(tmp_path, d
         {"file": "good3.flac", "label": "hum"}, {"file": "corrupt.wav", "label": "bell"},
         {"file": "empty.wav", "label": "beep"}, {"file": "nan.wav", "label": "beep"},
         {"file": "oddrate.wav", "label": "beep"}, {"file": "missing.wav", "label": "beep"},
-        {"file": "good1.wav"},  # label missing
+        {"file": "good1.wav"},  # label missing: another copy of r0's audio
+        {"file": "good4.wav", "label": "chime"},  # options come from decodable clips only: 4 labels here
     ]
     manifest = tmp_path / "labels.jsonl"
     manifest.write_text("\n".join(json.dumps({**r, "id": f"r{i}"}) for i, r in enumerate(rows)) + "\n{oops\n")
@@ -62,7 +64,9 @@ def test_bad_audio_and_bad_manifest_rows_become_rejects_with_reasons(tmp_path, d
     assert "nan_samples" in by_id["r5"]
     assert "bad_sample_rate" in by_id["r6"]
     assert "missing_file" in by_id["r7"]
-    assert "bad_field" in by_id["r8"]
+    assert "duplicate_audio" in by_id["r8"]  # the same file again is processed once
     assert any(k.startswith("row") for k in by_id)  # the unparsable line, named by its row
     _, kept = cat.query(f"SELECT DISTINCT source_id FROM {cat.samples_relation_sql(summary['version'])} ORDER BY 1")
-    assert [k[0] for k in kept] == ["r0", "r1", "r2"]
+    assert [k[0] for k in kept] == ["r0", "r1", "r2", "r9"]
+    _, options = cat.query(f"SELECT DISTINCT unnest(choices) FROM {cat.samples_relation_sql(summary['version'])}")
+    assert sorted(o[0] for o in options) == ["beep", "chime", "hum", "whistle"]  # never "bell" (corrupt audio)

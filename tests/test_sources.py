@@ -30,7 +30,7 @@ def test_folder_without_labels_lists_every_audio_file_once_across_partitions(tmp
     assert all(isinstance(i, SourceItem) for i in items)
 
 
-def test_csv_manifest_rejects_missing_files_and_bad_fields_naming_the_row(tmp_path):
+def test_csv_manifest_rejects_missing_files_naming_the_row_and_keeps_rows_without_a_label(tmp_path):
     (tmp_path / "audio").mkdir()
     _wav(tmp_path / "audio" / "a.wav")
     _wav(tmp_path / "audio" / "b.wav")
@@ -38,13 +38,13 @@ def test_csv_manifest_rejects_missing_files_and_bad_fields_naming_the_row(tmp_pa
     src = FolderSource("esc", tmp_path / "audio", labels="../meta.csv",
                        fields={"file": "filename", "label": "category"})
     items = _all(src)
-    good = [i for i in items if isinstance(i, SourceItem)]
+    good = {i.source_id: i for i in items if isinstance(i, SourceItem)}
     bad = {i.source_id: i for i in items if isinstance(i, Reject)}
-    assert [g.labels["sound_source"] for g in good] == ["dog"]
+    assert good["a.wav"].labels == {"labels": ["dog"], "sound_source": "dog"}
+    assert good["b.wav"].labels == {}  # an empty optional label is absent, not an error
     assert bad["missing.wav"].reason == "missing_file" and "meta.csv:2" in bad["missing.wav"].detail
-    assert bad["b.wav"].reason == "bad_field" and "meta.csv:3" in bad["b.wav"].detail
     assert bad["row4"].reason == "bad_field"
-    assert src.vocabulary() == {"sound_source": ["cat", "dog", "rain"]}
+    assert src.vocabulary() == {"sound_source": ["dog"]}  # never from the rejected rows' labels
 
 
 def test_jsonl_manifest_reports_invalid_json_lines(tmp_path):
@@ -54,7 +54,7 @@ def test_jsonl_manifest_reports_invalid_json_lines(tmp_path):
     items = _all(ManifestSource("m", tmp_path / "m.jsonl", fields={"transcript": "transcript"}), n=1)
     good = [i for i in items if isinstance(i, SourceItem)]
     bad = [i for i in items if isinstance(i, Reject)]
-    assert good[0].labels == {"sound_source": "tone", "transcript": "hello"}
+    assert good[0].labels == {"labels": ["tone"], "sound_source": "tone", "transcript": "hello"}
     assert sorted(b.reason for b in bad) == ["bad_row", "bad_row"]
     assert any("m.jsonl:2" in b.detail for b in bad)
 

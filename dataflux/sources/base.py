@@ -1,4 +1,4 @@
-"""What every source shares: stable partitioning and the label mapping."""
+"""What every source shares: stable partitioning and the metadata mapping (fields.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import hashlib
 from typing import Any, Iterator, Protocol
 
 from dataflux.records import Reject, SourceItem
+from dataflux.sources.fields import AUDIO_EXTENSIONS, FieldProblem, map_record  # noqa: F401 (re-exported)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
-# our field -> meaning; any other key in `fields` must be a taxonomy leaf id
-KNOWN_FIELDS = {"file", "label", "transcript", "speaker", "id", "audio"}
 
 
 def partition_of(key: str, n_partitions: int) -> int:
@@ -32,29 +30,11 @@ class Source(Protocol):
         ...
 
 
-def labels_from_record(record: dict[str, Any], fields: dict[str, str], *, where: str) -> tuple[dict[str, Any], list[str]]:
-    """Map a manifest/dataset record to SourceItem.labels. Returns (labels, problems).
-
-    `label` feeds the `sound_source` leaf; `transcript` and `speaker` pass through; any other
-    mapped key is taken as a taxonomy leaf id whose claimed value lives in that column.
-    """
-    labels: dict[str, Any] = {}
-    problems: list[str] = []
-    for ours, theirs in fields.items():
-        if ours in ("file", "id", "audio"):
-            continue
-        if theirs not in record:
-            problems.append(f"{where}: field {theirs!r} (mapped to {ours!r}) is missing")
-            continue
-        value = record[theirs]
-        if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip()):
-            problems.append(f"{where}: field {theirs!r} is empty")
-            continue
-        if ours == "label":
-            if not isinstance(value, (str, int)):
-                problems.append(f"{where}: field {theirs!r} must be a string label, got {type(value).__name__}")
-                continue
-            labels["sound_source"] = str(value).strip()
-        else:
-            labels[ours] = value if ours in ("transcript", "speaker") else str(value)
-    return labels, problems
+def labels_from_record(record: dict[str, Any], fields: dict[str, str], *, source: str, key: str, where: str,
+                       file_stem: str | None = None) -> dict[str, Any] | Reject:
+    """Map a manifest/dataset record to SourceItem.labels (dataflux.sources.fields), or a Reject
+    naming `where` and the field when a value is unusable (too long, wrong type, a file name as a label)."""
+    try:
+        return map_record(record, fields, file_stem=file_stem)
+    except FieldProblem as problem:
+        return Reject(source, key, "source", problem.reason, f"{where}: {problem}")

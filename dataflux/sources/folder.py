@@ -1,4 +1,8 @@
-"""A folder of audio files; labels from a CSV/JSONL manifest, or none (the file list alone)."""
+"""A folder of audio files; metadata from a CSV/TSV/JSONL manifest, or none (the file list alone).
+
+Only the audio is required: a file of the folder that no manifest row names is still a clip,
+without metadata, so that every file ends up in the version or in the rejects.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from dataflux.sources.manifest import ManifestSource
 
 class FolderSource:
     def __init__(self, name: str, path: str | Path, *, labels: str | None = None,
-                 fields: dict[str, str] | None = None, license: str = "unknown", allow_outside_root: bool = False):
+                 fields: dict[str, str] | None = None, license: str = "unknown", format: str | None = None,
+                 allow_outside_root: bool = False):
         self.name = name
         self.root = Path(path)
         self.allow_outside_root = allow_outside_root
@@ -27,17 +32,20 @@ class FolderSource:
             if not manifest.is_absolute():
                 manifest = self.root / manifest
             self.manifest = ManifestSource(name, manifest, audio_root=self.root, fields=fields, license=license,
-                                          allow_outside_root=allow_outside_root)
+                                           format=format, allow_outside_root=allow_outside_root)
 
     def _files(self) -> list[Path]:
         return sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
 
     def iter_items(self, partition: int = 0, n_partitions: int = 1) -> Iterator[SourceItem | Reject]:
+        listed: set[Path] = set()
         if self.manifest is not None:
             yield from self.manifest.iter_items(partition, n_partitions)
-            return
+            listed = self.manifest.listed_files()
         root = resolved_root(self.root)
         for path in self._files():
+            if path.resolve() in listed:
+                continue
             key = path.relative_to(self.root).as_posix()
             if partition_of(f"{self.name}/{key}", n_partitions) == partition:
                 outside = outside_root_reject(path, root, source=self.name, key=key, where=str(self.root),
@@ -48,9 +56,7 @@ class FolderSource:
                 yield SourceItem(source=self.name, source_id=key, audio_path=str(path), license=self.license)
 
     def fingerprint(self) -> str:
-        if self.manifest is not None:
-            return self.manifest.fingerprint()
-        h = hashlib.sha256()
+        h = hashlib.sha256(self.manifest.fingerprint().encode() if self.manifest is not None else b"")
         root = resolved_root(self.root)
         for p in self._files():
             if not self.allow_outside_root and not is_under(p, root):
@@ -61,4 +67,4 @@ class FolderSource:
         return h.hexdigest()
 
     def vocabulary(self) -> dict[str, list[str]]:
-        return self.manifest.vocabulary() if self.manifest is not None else {}
+        return self.manifest.vocabulary() if self.manifest is not None else {}  # unlisted files carry no labels

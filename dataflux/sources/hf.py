@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from dataflux.records import Reject, SourceItem
 from dataflux.sources.base import labels_from_record, partition_of
 from dataflux.sources.confine import outside_root_reject, resolved_root
+from dataflux.sources.fields import vocabulary_of
 
 DEFAULT_FIELDS = {"audio": "audio", "label": "label"}
 
@@ -106,9 +107,10 @@ class HFSource:
                 yield Reject(self.name, key, "source", "bad_field",
                              f"{where}: column {audio_col!r} holds no audio bytes or readable path")
                 continue
-            labels, problems = labels_from_record(record, self.fields, where=where)
-            if problems:
-                yield Reject(self.name, key, "source", "bad_field", "; ".join(problems))
+            labels = labels_from_record(record, self.fields, source=self.name, key=key, where=where,
+                                        file_stem=Path(path).stem if path else None)
+            if isinstance(labels, Reject):
+                yield labels
                 continue
             yield SourceItem(source=self.name, source_id=key, audio_bytes=data, audio_path=path,
                              labels=labels, license=self.license)
@@ -141,16 +143,8 @@ class HFSource:
         return h.hexdigest()
 
     def vocabulary(self) -> dict[str, list[str]]:
-        col = self.fields.get("label")
-        ds = self.load()
-        names = None
-        features = getattr(ds, "features", None)
-        if features is not None and col in features and hasattr(features[col], "names"):
-            names = list(features[col].names)
-        if names:
-            return {"sound_source": names}
-        labels = {str(r[col]).strip() for _, r in self._records() if r.get(col) not in (None, "")}
-        return {"sound_source": sorted(labels)} if labels else {}
+        """Values of the rows that pass the source stage: the classes rows carry, not every declared name."""
+        return vocabulary_of(i.labels for i in self.iter_items() if isinstance(i, SourceItem))
 
 
 def _path_to_read(audio: Any) -> str | None:

@@ -19,15 +19,39 @@ from typing import Any, Iterator
 from dataflux.records import Reject, SourceItem
 from dataflux.sources.base import labels_from_record, partition_of
 from dataflux.sources.confine import is_under, outside_root_reject, resolved_root
+from dataflux.sources.fields import vocabulary_of
 
-DEFAULT_FIELDS = {"file": "file", "label": "label"}
+DEFAULT_FIELDS = {"file": "file", "label": "label"}  # a `label` column, when there is one
 
 
-def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """Yield (row number, record or None, problem). Rows are 1-based data rows."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
+# A label of a megabyte must reach the field check (and become a `field_too_long` reject) rather
+# than stop the csv reader at its default 128 KiB cell limit.
+csv.field_size_limit(64 * 1024 * 1024)
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def manifest_format(path: Path, given: str | None = None) -> str:
+    """csv | tsv | jsonl: `given` (the source's `format:`) or the file's extension."""
+    if given:
+        return given
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(f"{path}: manifest must be .csv, .tsv or .jsonl, or set the source's "
+                         f"format: csv | tsv | jsonl") from None
+
+
+def read_manifest(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """Yield (row number, record or None, problem). Rows are 1-based data rows.
+
+    CSV: a UTF-8 byte-order mark is dropped, CRLF line ends and quoted cells (with commas and
+    newlines inside) follow RFC 4180, header names are stripped. TSV is read without quoting, as
+    Common Voice writes it (its sentences hold unbalanced quote characters).
+    """
+    fmt = manifest_format(path, fmt)
+    if fmt == "jsonl":
+        with path.open(encoding="utf-8-sig") as f:
             for i, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -40,23 +64,28 @@ def read_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
                     yield i, None, f"{path}:{i}: expected a JSON object, got {type(record).__name__}"
                     continue
                 yield i, record, ""
-    elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            for i, record in enumerate(reader, start=1):
-                if None in record:  # more cells than header columns
-                    yield i, None, f"{path}:{i}: row has more cells than the header"
-                    continue
-                yield i, dict(record), ""
-    else:
-        raise ValueError(f"{path}: manifest must be .csv, .tsv or .jsonl")
+        return
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        if fmt == "tsv":
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.DictReader(f, skipinitialspace=True)  # `a, "b, c"` is two cells
+        if reader.fieldnames:
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        for i, record in enumerate(reader, start=1):
+            if None in record:  # more cells than header columns
+                yield i, None, f"{path}:{i}: row has more cells than the header"
+                continue
+            yield i, dict(record), ""
 
 
 class ManifestSource:
     def __init__(self, name: str, manifest: str | Path, *, audio_root: str | Path | None = None,
-                 fields: dict[str, str] | None = None, license: str = "unknown", allow_outside_root: bool = False):
+                 fields: dict[str, str] | None = None, license: str = "unknown", format: str | None = None,
+                 allow_outside_root: bool = False):
         self.name = name
         self.manifest = Path(manifest)
+        self.format = manifest_format(self.manifest, format)
         self.allow_outside_root = allow_outside_root
         if not self.manifest.exists():
             raise FileNotFoundError(f"source {name!r}: manifest {self.manifest} not found")
@@ -65,7 +94,7 @@ class ManifestSource:
         self.license = license
 
     def _records(self) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-        yield from read_manifest(self.manifest)
+        yield from read_manifest(self.manifest, self.format)
 
     def _key(self, row: int, record: dict[str, Any] | None) -> str:
         if record is not None:
@@ -85,7 +114,7 @@ class ManifestSource:
                 continue
             where = f"{self.manifest}:{row}"
             file_col = self.fields["file"]
-            rel = record.get(file_col)
+            rel = str(record.get(file_col) or "").strip()
             if not rel:
                 yield Reject(self.name, key, "source", "bad_field", f"{where}: field {file_col!r} is missing or empty")
                 continue
@@ -98,12 +127,22 @@ class ManifestSource:
             if not audio_path.exists():
                 yield Reject(self.name, key, "source", "missing_file", f"{where}: audio file {audio_path} does not exist")
                 continue
-            labels, problems = labels_from_record(record, self.fields, where=where)
-            if problems:
-                yield Reject(self.name, key, "source", "bad_field", "; ".join(problems))
+            labels = labels_from_record(record, self.fields, source=self.name, key=key, where=where,
+                                        file_stem=audio_path.stem)
+            if isinstance(labels, Reject):
+                yield labels
                 continue
             yield SourceItem(source=self.name, source_id=key, audio_path=str(audio_path), labels=labels,
                              license=self.license)
+
+    def listed_files(self) -> set[Path]:
+        """Resolved paths of the audio files the manifest's rows name (whatever became of the rows)."""
+        out = set()
+        for _, record, _ in self._records():
+            rel = str((record or {}).get(self.fields["file"]) or "").strip()
+            if rel:
+                out.add((Path(rel) if os.path.isabs(rel) else self.audio_root / rel).resolve())
+        return out
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -119,9 +158,5 @@ class ManifestSource:
         return h.hexdigest()
 
     def vocabulary(self) -> dict[str, list[str]]:
-        labels = set()
-        col = self.fields.get("label")
-        for _, record, _ in self._records():
-            if record and col and record.get(col) not in (None, ""):
-                labels.add(str(record[col]).strip())
-        return {"sound_source": sorted(labels)} if labels else {}
+        """Values of the rows that pass the source stage (never a rejected row's, never a too-long one)."""
+        return vocabulary_of(i.labels for i in self.iter_items() if isinstance(i, SourceItem))

@@ -53,11 +53,12 @@ def open_source(config: Config, name: str):
         from dataflux.sources.folder import FolderSource
 
         return FolderSource(name, path, labels=spec.get("labels"), fields=fields, license=license,
-                            allow_outside_root=outside)
+                            format=spec.get("format"), allow_outside_root=outside)
     if kind == "manifest":
         from dataflux.sources.manifest import ManifestSource
 
-        return ManifestSource(name, path, fields=fields, license=license, allow_outside_root=outside)
+        return ManifestSource(name, path, fields=fields, license=license, format=spec.get("format"),
+                              allow_outside_root=outside)
     if kind == "hf":
         from dataflux.sources.hf import HFSource
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dataflux.records import Clip
+from dataflux.sources.fields import KNOWN_FIELDS
 from dataflux.steps.base import Call, Caption, Category
 
 CAPTIONER_MODEL = "reference-captioner@1"
@@ -41,11 +42,15 @@ class ClaimedCaption(Caption):
         return bool(self.corrected)
 
 
+# a source's metadata fields (dataflux.sources.fields) describe the clip; only leaf ids are claims
+NOT_CLAIMS = frozenset({"label", *KNOWN_FIELDS})
+
+
 def claimed_labels(labels: Mapping[str, Any]) -> dict[str, str]:
     """The leaf claims in a source's labels (transcript/speaker are free fields, not claims)."""
     claims: dict[str, str] = {}
     for key, value in labels.items():
-        if key in ("transcript", "speaker", "label") or value is None:
+        if key in NOT_CLAIMS or value is None or isinstance(value, list):
             continue
         claims[key] = str(value).strip()
     if "sound_source" not in claims and labels.get("label") not in (None, ""):

@@ -672,7 +672,8 @@ class Catalog:
     def stats(self, vid: str) -> dict[str, Any]:
         """Figures for a version, computed by DuckDB over its shards and catalog tables (drafts too).
 
-        Keys: version_id, status, rows, clips, samples_per_category (l3 -> rows), duration_s (min_s,
+        Keys: version_id, status, rows, clips, samples_per_category (l3 -> rows), questions_per_clip
+        (mean, min, max, histogram: questions -> clips), categories_per_source (source -> l3 -> rows), duration_s (min_s,
         max_s, mean_s, median_s over rows; total_clip_s over distinct clips), rejects_by_reason
         ("stage/reason" -> n), items_by_status, answer_position (answer_index -> rows), per_step
         (step -> n_calls, tokens_in, tokens_out, cost_usd, cached; a clip's calls counted once though
@@ -702,6 +703,11 @@ class Catalog:
                         "FROM s GROUP BY 1)")[0]
             out["duration_s"] = {"min_s": d[0], "max_s": d[1], "mean_s": d[2], "median_s": d[3],
                                  "total_clip_s": total}
+            out["questions_per_clip"] = _questions_per_clip(many(
+                "SELECT n, count(*) FROM (SELECT audio_sha256, count(*) AS n FROM s GROUP BY 1) GROUP BY 1 ORDER BY 1"))
+            out["categories_per_source"] = {}
+            for src, l3, n in many("SELECT source, l3, count(*) FROM s GROUP BY 1, 2 ORDER BY 1, 2"):
+                out["categories_per_source"].setdefault(src, {})[l3] = n
             out["answer_position"] = {int(k): n for k, n in many(
                 "SELECT answer_index, count(*) FROM s GROUP BY 1 ORDER BY 1")}
             out["per_step"] = {
@@ -722,6 +728,15 @@ class Catalog:
                  out["planted_caught_corrected"], out["clean_items"], out["clean_rejected"]) = one(
                     _PLANTED_SQL, [vid])
         return out
+
+
+def _questions_per_clip(histogram: list[tuple[int, int]]) -> dict[str, Any]:
+    """{mean, min, max, histogram: {questions: clips}} over the clips that have questions."""
+    clips = sum(c for _, c in histogram)
+    if not clips:
+        return {"mean": 0.0, "min": 0, "max": 0, "histogram": {}}
+    return {"mean": sum(n * c for n, c in histogram) / clips, "min": histogram[0][0], "max": histogram[-1][0],
+            "histogram": {int(n): c for n, c in histogram}}
 
 
 def _read_parquet_sql(paths: list[str]) -> str:
