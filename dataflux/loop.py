@@ -286,7 +286,7 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
     leftover = _caption_conflicts(clip, caption, categories)
     if leftover:
         values = {c.id: c.values for c in categories}
-        fix = {leaf: (v if cfg.on_conflict == "correct" and v in values.get(leaf, ()) else None)
+        fix = {leaf: (v if cfg.on_conflict == "correct" and (leaf not in values or v in values[leaf]) else None)
                for leaf, v in leftover.items()}
         caption = await _recaption(steps, clip, caption, fix)
         caption_calls.append(caption.call)

@@ -239,7 +239,8 @@ MAX_OPTION_CHARS = 200  # schemas/question.schema.json: an option longer than th
 
 def metadata_vocabulary(source, categories: list, taxonomy) -> dict[str, list[str]]:
     """Vocabularies of `values_from: metadata` leaves: every value the source's items carry in the
-    leaf's `claimed_from` field (all partitions, so every partition offers the same options)."""
+    leaf's `claimed_from` field (all partitions, so every partition offers the same options),
+    ordered by language, then length (a phrase's nearest neighbours are its distractors)."""
     from dataflux.records import SourceItem
     from dataflux.steps.caption import metadata_claim
     from dataflux.taxonomy import length_order

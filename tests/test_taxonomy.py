@@ -36,7 +36,9 @@ def test_packaged_taxonomy_loads_every_leaf_with_a_four_level_path():
         assert cat.question_templates and cat.judge_rules
     assert tax.leaf("tone_pitch").values == ["110 Hz", "220 Hz", "440 Hz", "880 Hz"]
     assert tax.leaf("tone_pitch").measured_by == "tone_pitch"
-    assert tax.label_driven() == ["sound_source"] and tax.leaf("sound_source").values == []
+    assert tax.label_driven() == ["sound_source", "spoken_text", "music_genre", "music_instrument", "emotion"]
+    assert tax.values_from["sound_source"] == "labels" and tax.leaf("sound_source").values == []
+    assert tax.values_from["spoken_text"] == "metadata" and tax.leaf("spoken_text").claimed_from == "transcript"
     assert tax.sha256 == taxonomy_sha256()
 
 
@@ -44,7 +46,8 @@ def test_leaves_for_accepts_branches_paths_and_leaf_ids():
     tax = load_taxonomy()
     assert [c.id for c in tax.leaves_for(["Sound/Tonal"])] == ["tone_pitch", "waveform"]
     assert [c.id for c in tax.leaves_for(["Sound > Tonal > Pitch"])] == ["tone_pitch"]
-    assert [c.id for c in tax.leaves_for(["Music", "duration", "click_tempo"])] == ["click_tempo", "duration"]
+    assert [c.id for c in tax.leaves_for(["Music", "duration", "click_tempo"])] == [
+        "click_tempo", "duration", "music_genre", "music_instrument"]
     assert len(tax.leaves_for(None)) == len(tax)
     with pytest.raises(TaxonomyError, match="'Sound/Nope' matches no leaf"):
         tax.leaves_for(["Sound/Nope"])

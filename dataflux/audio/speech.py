@@ -155,18 +155,55 @@ def _alignment_score(dec, pcm: bytes, words: str) -> float | None:
     return float(hyp.score) if hyp is not None else None
 
 
-def voiced_f0(y: np.ndarray, sr: int) -> dict[str, float] | None:
-    """Median and spread of f0 (Hz) over loud frames, by YIN (60..400 Hz); None when too few frames."""
-    import librosa
+def yin_f0(y: np.ndarray, sr: int, fmin: float, fmax: float, frame: int = 1024, hop: int = 256,
+           threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """YIN pitch (de Cheveigne & Kawahara 2002) per frame, in numpy: (f0 Hz (F,), frame rms (F,)).
 
+    The difference function comes from one FFT autocorrelation per frame; the period is the
+    first dip of the cumulative-mean-normalised difference under `threshold` (else its minimum),
+    refined by a parabola. Unvoiced frames still get a value (their minimum): callers gate them.
+    """
+    n = 1 + (y.shape[0] - frame) // hop
+    if n <= 0:
+        return np.zeros(0), np.zeros(0)
+    idx = np.arange(n)[:, None] * hop + np.arange(frame)[None, :]
+    x = y[idx].astype(np.float64)  # (F, W)
+    w = frame // 2  # integration window; lags up to frame - w
+    tau_min, tau_max = max(2, int(sr / fmax)), min(w - 1, int(sr / fmin) + 1)
+    nfft = 1 << int(np.ceil(np.log2(2 * frame)))
+    spec = np.fft.rfft(x, nfft, axis=1)
+    head = np.fft.rfft(x[:, :w], nfft, axis=1)
+    corr = np.fft.irfft(spec * np.conj(head), nfft, axis=1)[:, : w]  # sum_j x_j x_{j+tau}, j < w
+    sq = np.cumsum(np.concatenate([np.zeros((n, 1)), x ** 2], axis=1), axis=1)
+    energy0 = sq[:, w][:, None]
+    taus = np.arange(w)
+    energy_tau = sq[:, taus + w] - sq[:, taus]
+    diff = energy0 + energy_tau - 2 * corr
+    diff[:, 0] = 0.0
+    cmnd = diff[:, 1:] * np.arange(1, w) / np.maximum(np.cumsum(diff[:, 1:], axis=1), 1e-12)
+    cmnd = np.concatenate([np.ones((n, 1)), cmnd], axis=1)
+    band = cmnd[:, tau_min:tau_max]
+    below = band < threshold
+    # the first lag under the threshold, then walk to the bottom of that dip
+    first = np.where(below.any(axis=1), below.argmax(axis=1), band.argmin(axis=1))
+    periods = np.empty(n)
+    for i in range(n):
+        k = first[i]
+        while k + 1 < band.shape[1] and band[i, k + 1] < band[i, k]:
+            k += 1
+        a, b, c = (band[i, k - 1], band[i, k], band[i, k + 1]) if 0 < k < band.shape[1] - 1 else (0, 0, 0)
+        den = a - 2 * b + c
+        periods[i] = tau_min + k + (0.5 * (a - c) / den if den > 0 else 0.0)
+    rms = np.sqrt(np.mean(x ** 2, axis=1))
+    return sr / periods, rms
+
+
+def voiced_f0(y: np.ndarray, sr: int) -> dict[str, float] | None:
+    """Median and spread of f0 (Hz) over loud frames (YIN, 60..400 Hz); None when too few frames."""
     t = speech_thresholds()["f0"]
-    frame, hop = 1024, 256
-    if y.shape[0] < frame * 2:
+    f0, rms = yin_f0(np.asarray(y, dtype=np.float32), sr, t["min_hz"], t["max_hz"])
+    if f0.size < 2 or float(rms.max()) < 1e-4:  # below -80 dBFS: nothing is voiced
         return None
-    f0 = librosa.yin(y, fmin=t["min_hz"], fmax=t["max_hz"], sr=sr, frame_length=frame, hop_length=hop)
-    rms = librosa.feature.rms(y=y, frame_length=frame, hop_length=hop)[0]
-    n = min(f0.shape[0], rms.shape[0])
-    f0, rms = f0[:n], rms[:n]
     loud = rms >= float(rms.max()) * 10 ** (-t["loud_within_db"] / 20.0)
     # YIN returns a value on every frame; the edges of its range are where unvoiced frames land
     voiced = f0[loud & (f0 > t["min_hz"] * 1.05) & (f0 < t["max_hz"] * 0.95)]

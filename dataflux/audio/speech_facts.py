@@ -55,6 +55,8 @@ def spoken_text(a: Any) -> str | None:
     # a recognizer hearing none of the candidates still names one, and the more candidates the
     # less often that one is a wrong claim
     options = [text, *distinct_neighbours(vocab, text, N_COMPETITORS)]
+    # (drawn from every language: on the Asterisk prompts that agreed more often with clean
+    # transcripts and refuted more swapped ones than drawing from the claim's language only)
     options += drawn_phrases(vocab, text, set(options), speech_thresholds()["recognizer"]["extra_candidates"])
     heard = recognise_among(a.y, a.sr, options, claimed(a, "language"))
     if heard is None:
