@@ -43,6 +43,7 @@ class ClaimedCaption(Caption):
     claims: dict[str, str] = dataclasses.field(default_factory=dict)
     corrected: dict[str, str] = dataclasses.field(default_factory=dict)
     sources: dict[str, str] = dataclasses.field(default_factory=dict)  # leaf -> "metadata" | "measurement"
+    human: str | None = None  # the corpus's own caption of the clip, which leads the text
 
     @property
     def corrected_from_measurement(self) -> bool:
@@ -171,11 +172,10 @@ class ReferenceCaptioner:
             transcript = " ".join(transcript.split()) or None
         claims, sources = self._claims(clip)
         human = clip.item.labels.get("caption")
-        text = describe(claims, transcript)
-        if isinstance(human, str) and human.strip():
-            text = " ".join(human.split()) + " " + text  # a human caption leads; measured claims follow
-        return ClaimedCaption(text=text, call=self._call({"corrections": {}, "claim_sources": sources}),
-                              transcript=transcript, claims=claims, sources=sources)
+        human = " ".join(human.split()) or None if isinstance(human, str) else None
+        return ClaimedCaption(text=_with_human(human, describe(claims, transcript)),
+                              call=self._call({"corrections": {}, "claim_sources": sources}),
+                              transcript=transcript, claims=claims, sources=sources, human=human)
 
     async def recaption(self, clip: Clip, previous: Caption, corrections: Mapping[str, str | None]) -> ClaimedCaption:
         """Caption again with `corrections` applied: leaf -> measured value, or None to drop the claim."""
@@ -196,8 +196,14 @@ class ReferenceCaptioner:
                 if old is not None and old != value:
                     corrected.setdefault(leaf, old)
         params = {"corrections": {k: corrections[k] for k in sorted(corrections)}, "claim_sources": sources}
-        return ClaimedCaption(text=describe(claims, transcript), call=self._call(params),
-                              transcript=transcript, claims=claims, corrected=corrected, sources=sources)
+        human = getattr(previous, "human", None)
+        return ClaimedCaption(text=_with_human(human, describe(claims, transcript)), call=self._call(params),
+                              transcript=transcript, claims=claims, corrected=corrected, sources=sources, human=human)
+
+
+def _with_human(human: str | None, described: str) -> str:
+    """A human caption leads (what the corpus says in its own words); the stated claims follow."""
+    return f"{human} {described}" if human else described
 
 
 def caption_claims(caption: Caption, categories: Iterable[Category] = ()) -> dict[str, str]:

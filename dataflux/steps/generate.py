@@ -14,6 +14,7 @@ import re
 from dataflux.records import Clip
 from dataflux.steps.base import Call, Caption, Category, Generation, Question
 from dataflux.steps.caption import caption_claims
+from dataflux.steps.hard_negatives import has_similarity, similar_labels
 from dataflux.taxonomy import distinct_neighbours, nearest_values
 
 WRITER_MODEL = "reference-writer@1"
@@ -40,9 +41,12 @@ def mentions(text: str, value: str) -> bool:
 
 def distractors_for(category: Category, value: str) -> list[str]:
     """The 3 wrong options: the nearest values of the vocabulary; for a transcript, the nearest
-    phrases that differ from it in at least a third of their words (dataflux.taxonomy)."""
+    phrases that differ from it in at least a third of their words (dataflux.taxonomy); for a
+    class label, the labels most like it (dataflux.steps.hard_negatives)."""
     if category.claimed_from == "transcript":
         return distinct_neighbours(category.values, value, N_CHOICES - 1)
+    if has_similarity(category.id):  # class labels: the most confusable ones (dataflux/label_similarity.yaml)
+        return similar_labels(category.id, category.values, value, N_CHOICES - 1)
     return nearest_values(category.values, value, N_CHOICES - 1)
 
 
