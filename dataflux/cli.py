@@ -113,6 +113,11 @@ def _print_stats(version: str, stats: dict) -> None:
     for key in ("planted_errors", "planted_caught", "clean_items", "clean_rejected", "cost_usd"):
         if key in stats and stats[key] is not None:
             print(f"  {key}: {stats[key]}")
+    for leaf, counts in (stats.get("verification_by_leaf") or {}).items():
+        print(f"  verified {leaf}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    for leaf, d in (stats.get("planted_by_leaf") or {}).items():
+        print(f"  planted {leaf}: caught {d.get('caught', 0)} of {d.get('planted', 0)}; "
+              f"clean lost {d.get('clean_rejected', 0)} of {d.get('clean_asked', 0)}")
     if stats.get("planted_errors"):
         caught = stats["planted_caught"] / stats["planted_errors"]
         rejected = stats["clean_rejected"] / max(1, stats["clean_items"])

@@ -153,9 +153,13 @@ def test_speech_corpus_with_planted_errors_reports_caught_per_leaf(speech_corpus
     for leaf in ("spoken_text", "speech_pauses", "relative_loudness", "relative_duration"):
         assert set(shares[leaf]) == {"measured"}, (leaf, shares)
 
+    from dataflux.report import summary_markdown
     from dataflux.storage.catalog import Catalog
 
     cat = Catalog(load_config(config).catalog_path, read_only=True)
+    summary_md = summary_markdown(cat, summary["version"])
+    assert "## How each category was verified" in summary_md and "## Planted errors per category" in summary_md
+    assert "| spoken_language | 0 (0.0%) | 0 (0.0%) |" in summary_md
     _, rows = cat.query("SELECT i.source_id, i.planted->>'claimed', i.planted->>'leaf' FROM items i "
                         f"WHERE i.version_id = '{summary['version']}' AND i.planted IS NOT NULL")
     assert rows and all(claimed for _, claimed, _ in rows)
