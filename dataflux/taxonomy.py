@@ -145,13 +145,18 @@ def length_order(value: str) -> tuple[int, int, str]:
 
 
 def distinct_neighbours(values: Sequence[str], value: str, k: int = 3, min_word_distance: float = 0.34) -> list[str]:
-    """Like `nearest_values`, skipping phrases that differ from `value` in fewer than a third of
-    their words ("You are now muted" for "You are now unmuted"): no listener or recognizer can
+    """Like `nearest_values`, skipping phrases that differ from `value` (or from a phrase already
+    chosen) in fewer than a third of their words ("You are now muted" for "You are now unmuted"): no listener or recognizer can
     be held to such a pair, so it makes an ambiguous question rather than a hard one."""
     from dataflux.audio.speech import word_error_rate
 
-    ordered = nearest_values(values, value, len(values))
-    return [v for v in ordered if word_error_rate(value, v) >= min_word_distance][:k]
+    chosen: list[str] = []
+    for v in nearest_values(values, value, len(values)):
+        if all(word_error_rate(other, v) >= min_word_distance for other in [value, *chosen]):
+            chosen.append(v)
+            if len(chosen) == k:
+                break
+    return chosen
 
 
 def nearest_values(values: Sequence[str], value: str, k: int = 3) -> list[str]:

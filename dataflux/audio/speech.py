@@ -131,28 +131,8 @@ def recognise_among(y: np.ndarray, sr: int, phrases: Sequence[str], language: st
     dec.end_utt()
     hyp = dec.hyp()
     heard = hyp.hypstr.strip() if hyp is not None else ""
-    if heard and heard in usable:
-        return {"index": usable.index(heard), "heard": heard, "method": "grammar"}
-    # No path through the grammar reached its end (long prompts, hesitations): align each of the
-    # first candidates to the audio instead and take the one the acoustic model scores best.
-    scores = [(_alignment_score(dec, pcm, s), i) for i, s in enumerate(usable[:ALIGN_CANDIDATES]) if s]
-    scores = [(sc, i) for sc, i in scores if sc is not None]
-    if not scores:
-        return {"index": None, "heard": heard, "method": "grammar"}
-    best = max(scores)[1]
-    return {"index": best, "heard": usable[best], "method": "alignment"}
-
-
-ALIGN_CANDIDATES = 8
-
-
-def _alignment_score(dec, pcm: bytes, words: str) -> float | None:
-    dec.set_align_text(words)
-    dec.start_utt()
-    dec.process_raw(pcm, full_utt=True)
-    dec.end_utt()
-    hyp = dec.hyp()
-    return float(hyp.score) if hyp is not None else None
+    index = usable.index(heard) if heard and heard in usable else None
+    return {"index": index, "heard": heard}
 
 
 def yin_f0(y: np.ndarray, sr: int, fmin: float, fmax: float, frame: int = 1024, hop: int = 256,

@@ -64,8 +64,9 @@ def spoken_text(a: Any) -> str | None:
         return None
     a.raw["recognizer_heard"] = heard["heard"]
     a.raw["recognizer_choice"] = options[heard["index"]] if heard["index"] is not None else None
-    if heard["index"] is None:
-        return None
+    # No path through the grammar (the recognizer hears none of the candidates) refutes the claim
+    # as a wrong pick does: on the Asterisk prompts, clean transcripts ended there in 6 % of clips,
+    # swapped ones in 30 %; forced alignment to rescue them never picked the clean claim.
     return text if heard["index"] == 0 else OTHER_WORDS
 
 
