@@ -97,12 +97,14 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     source = open_source(config, source_name)
     taxonomy = load_taxonomy(config.data.get("taxonomy"))
     categories = source_leaves(config, source_name, taxonomy)
-    vocab = {**source.vocabulary(), **metadata_vocabulary(source, categories, taxonomy)}
+    spec = config.sources[source_name]
+    vocab = source.vocabulary()
+    if spec["kind"] != "demo":  # the demo's items carry leaf values only, and making them costs synthesis
+        vocab = {**vocab, **metadata_vocabulary(source, categories, taxonomy)}
     if vocab:
         categories = taxonomy.with_vocabulary(categories, vocab)
     vocabularies = {c.id: list(c.values) for c in categories if c.id in taxonomy.values_from}
     leaf_ids = [c.id for c in categories]
-    spec = config.sources[source_name]
     # The reference captioner states only what the source claims, so only claimed leaves get
     # questions and need measuring; a model captioner may describe anything, so measure all.
     claims_only = config.data["steps"]["caption"]["backend"] == "reference"

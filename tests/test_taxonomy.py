@@ -102,3 +102,13 @@ def test_user_taxonomy_file_with_a_new_leaf_loads(tmp_path, doc):
     tax = load_taxonomy(write(tmp_path, d))
     assert tax.leaf("room_size").values[-1] == "huge"
     assert taxonomy_from_dict(d).ids == tax.ids
+
+
+def test_transcript_distractors_differ_from_the_answer_and_each_other_in_a_third_of_their_words():
+    from dataflux.taxonomy import distinct_neighbours, length_order
+
+    phrases = sorted(["You are now muted.", "You are now unmuted.", "...to leave the conference", "To leave the conference.",
+                      "Please hold.", "Goodbye.", "Thank you for calling.", "Your call is important."], key=length_order)
+    got = distinct_neighbours(phrases, "You are now unmuted.", 3)
+    assert "You are now muted." not in got and len(got) == 3
+    assert not {"...to leave the conference", "To leave the conference."} <= set(got)
