@@ -118,9 +118,17 @@ def describe(claims: Mapping[str, str], transcript: str | None = None) -> str:
         parts.append(f"lasting {c['duration']}")
     if "loudness" in c:
         parts.append(f"at a {c['loudness']} level")
+    if "speech_pauses" in c:
+        parts.append(f"with {c['speech_pauses']}")
     text = ", ".join(parts) + "."
+    relative = [c[k] for k in ("relative_loudness", "relative_duration") if k in c]
+    if relative:
+        text += f" Compared with the other recordings of its set it is {' and '.join(relative)}."
+    if "audio_quality" in c:
+        text += f" The recording is {c['audio_quality']}."
     known = {"noise_colour", "click_tempo", "beep_count", "tone_pitch", "waveform", "speaking_rate",
-             "sound_source", "duration", "loudness", "speaker_gender", "spoken_language", "spoken_text"}
+             "sound_source", "duration", "loudness", "speaker_gender", "spoken_language", "spoken_text",
+             "speech_pauses", "relative_loudness", "relative_duration", "audio_quality"}
     for leaf in sorted(set(c) - known):  # leaves added to the taxonomy later still get stated
         text += f" Its {leaf.replace('_', ' ')} is {c[leaf]}."
     if transcript:
