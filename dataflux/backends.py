@@ -55,6 +55,7 @@ def build_steps(config: Config, taxonomy, *, run_id: str = "adhoc", cache=None) 
     """Returns (steps, pool); pool is None when every step is a reference backend."""
     steps_cfg = config.data["steps"]
     leaves = [c.id for c in taxonomy] if taxonomy is not None else None
+    claimed_from = {c.id: c.claimed_from for c in taxonomy if c.claimed_from} if taxonomy is not None else None
     pool = None
     if uses_models(config):
         from dataflux.llm.client import EndpointPool
@@ -83,7 +84,7 @@ def build_steps(config: Config, taxonomy, *, run_id: str = "adhoc", cache=None) 
         else:
             answerers.append(model_step("answer", spec))
     steps = Steps(
-        captioner=ReferenceCaptioner(leaves) if caption["backend"] == "reference" else model_step("caption", caption),
+        captioner=ReferenceCaptioner(leaves, claimed_from) if caption["backend"] == "reference" else model_step("caption", caption),
         writer=TemplateQuestionWriter() if generate["backend"] == "reference" else model_step("generate", generate),
         answerers=answerers,
         judge=ReferenceJudge() if judge["backend"] == "reference" else model_step("judge", judge),

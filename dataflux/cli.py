@@ -63,12 +63,24 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def plant_on_sources(config, names: list[str], rate: float) -> None:
+    """`--plant-errors RATE`: the `plant_errors` option on every chosen source (the demo plants its own)."""
+    if not 0.0 <= rate <= 1.0:
+        raise SystemExit(f"--plant-errors: {rate} is not a fraction within 0..1")
+    for name in names:
+        spec = config.sources.get(name)
+        if spec is not None and spec.get("kind") != "demo":
+            spec["plant_errors"] = rate
+
+
 def cmd_run(args) -> int:
     _prefect_env()
     from dataflux.config import load_config
     from flows.synthesize import run_synthesis
 
     config = load_config(args.config)
+    if args.plant_errors is not None:
+        plant_on_sources(config, args.source or list(config.sources), args.plant_errors)
     summary = run_synthesis(config, sources=args.source or None, version=args.version, name=args.name,
                             finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse)
     _print_json(summary) if args.json else print(
@@ -107,6 +119,11 @@ def _print_stats(version: str, stats: dict) -> None:
     for key in ("planted_errors", "planted_caught", "clean_items", "clean_rejected", "cost_usd"):
         if key in stats and stats[key] is not None:
             print(f"  {key}: {stats[key]}")
+    for leaf, counts in (stats.get("verification_by_leaf") or {}).items():
+        print(f"  verified {leaf}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    for leaf, d in (stats.get("planted_by_leaf") or {}).items():
+        print(f"  planted {leaf}: caught {d.get('caught', 0)} of {d.get('planted', 0)}; "
+              f"clean lost {d.get('clean_rejected', 0)} of {d.get('clean_asked', 0)}")
     if stats.get("planted_errors"):
         caught = stats["planted_caught"] / stats["planted_errors"]
         rejected = stats["clean_rejected"] / max(1, stats["clean_items"])
@@ -161,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-finalize", action="store_true")
     p.add_argument("--no-reuse", action="store_true",
                    help="process every source even if its inputs and config did not change")
+    p.add_argument("--plant-errors", type=float, metavar="RATE",
+                   help="give this fraction of clips a known wrong claim (swapped transcript, flipped gender or "
+                        "label); stats then say how many the loop caught")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)

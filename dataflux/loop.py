@@ -83,8 +83,9 @@ def build_reference_steps(taxonomy: Any = None) -> Steps:
     """The offline default: template captions, template questions, a measuring answerer and a
     caption reader, and the rule-based judge. `taxonomy` limits the captioner to its leaves."""
     leaves = [c.id for c in taxonomy] if taxonomy is not None else None
+    claimed_from = {c.id: c.claimed_from for c in taxonomy if c.claimed_from} if taxonomy is not None else None
     return Steps(
-        captioner=ReferenceCaptioner(leaves),
+        captioner=ReferenceCaptioner(leaves, claimed_from),
         writer=TemplateQuestionWriter(),
         answerers=[MeasuringAnswerer(), CaptionReader()],
         judge=ReferenceJudge(),
@@ -268,7 +269,9 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
                     dropped.add(s.category.id)
                     s.done = True
                     continue
-                corrections[s.category.id] = measured
+                # a measured value outside the vocabulary (other words than claimed) refutes the
+                # claim without naming a replacement: the claim is dropped, not rewritten
+                corrections[s.category.id] = measured if measured in s.category.values else None
             s.feedback = _feedback(last.outcomes)
             if conflict:
                 s.feedback += "\n" + measured_feedback(s.category.id, measured)
@@ -282,7 +285,9 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
     # No row may carry a caption the measurement disproves, whatever leaf the claim is about.
     leftover = _caption_conflicts(clip, caption, categories)
     if leftover:
-        fix = {leaf: (v if cfg.on_conflict == "correct" else None) for leaf, v in leftover.items()}
+        values = {c.id: c.values for c in categories}
+        fix = {leaf: (v if cfg.on_conflict == "correct" and (leaf not in values or v in values[leaf]) else None)
+               for leaf, v in leftover.items()}
         caption = await _recaption(steps, clip, caption, fix)
         caption_calls.append(caption.call)
         stats.add("recaptions")
@@ -320,6 +325,20 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
             for s, k, o in kept]
     stats.add("rows", len(rows))
     return rows, rejects
+
+
+def verification_of(verdict: Verdict, answers: Sequence[Answer], answer_index: int) -> str:
+    """How a kept row's answer was verified: "measured" (a measurement of the audio confirms it),
+    "judged" (a model that hears the audio, or a model judge, decided) or "metadata-only" (nothing
+    but the source's claim and the caption built from it supports it)."""
+    if verdict.measured_agrees:
+        return "measured"
+    heard = [a for a in answers if a.sees_audio and a.answer_index == answer_index]
+    if any(a.call.backend == "reference" for a in heard):
+        return "measured"  # the measuring answerer re-measured the audio and agrees
+    if heard or verdict.call.backend != "reference":
+        return "judged"
+    return "metadata-only"
 
 
 def _provenance(call: Call) -> dict[str, Any]:
@@ -387,6 +406,7 @@ def _row(clip: Clip, caption: Caption, caption_calls: list[Call], state: _LeafSt
         "checks": [c.as_dict() for c in o.checks],
         "rounds": len(state.rounds),
         "corrected_from_measurement": corrected,
+        "verification": verification_of(v, o.answers, q.answer_index),
         "calls": [_call_row(c) for c, _ in calls],
         "tokens_in": int(round(sum(c.tokens_in * w for c, w in calls))),
         "tokens_out": int(round(sum(c.tokens_out * w for c, w in calls))),

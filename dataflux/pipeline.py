@@ -86,6 +86,7 @@ def process_partition(config: Config, source_name: str, partition: int, n_partit
 async def _process_partition(config, source_name, partition, n_partitions, version_id, run_id, *, progress,
                              run_sources=None):
     from dataflux.audio.analyze import analyze_item
+    from dataflux.audio.relative import add_relative_facts
     from dataflux.loop import LoopConfig, LoopStats, run_clip
     from dataflux.sources.registry import open_source
     from dataflux.backends import build_steps
@@ -103,8 +104,12 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
               "min_seconds": min(0.05, float(filters.min_duration_s or 0.05))}
     survey = _survey(config, source_name, source, limits, run_sources or [source_name])
     vocab = survey.vocabulary if survey is not None else source.vocabulary()
+    if config.sources[source_name]["kind"] != "demo":  # the demo's items carry leaf values only
+        vocab = {**vocab, **metadata_vocabulary(source, categories, taxonomy)}
+    spec = config.sources[source_name]
     if vocab:
         categories = taxonomy.with_vocabulary(categories, vocab)
+    vocabularies = {c.id: list(c.values) for c in categories if c.id in taxonomy.values_from}
     leaf_ids = [c.id for c in categories]
     # The reference captioner states only what the source claims, so only claimed leaves get
     # questions and need measuring; a model captioner may describe anything, so measure all.
@@ -125,7 +130,12 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     llm: dict | None = None
     counts = {"items": 0, "decoded": 0, "rows": 0, "rejects": 0}
 
-    for obj in source.iter_items(partition, n_partitions):
+    source_items = source.iter_items(partition, n_partitions)
+    if spec.get("plant_errors"):
+        from dataflux.sources.planting import plant_errors
+
+        source_items = plant_errors(list(source_items), float(spec["plant_errors"]), int(spec.get("seed", 0)))
+    for obj in source_items:
         counts["items"] += 1
         if survey is not None and not isinstance(obj, Reject):
             obj = survey.settle(obj)  # a later copy of identical audio becomes its duplicate reject
@@ -134,7 +144,8 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
             items.append(_ledger(obj.source, obj.source_id, obj.audio_sha256, "rejected:" + obj.reason, None))
             continue
         try:
-            analysed = analyze_item(obj, _leaves_to_measure(obj, leaf_ids, claims_only), **limits)
+            analysed = analyze_item(obj, _leaves_to_measure(obj, categories, claims_only), **limits,
+                                    vocabularies=vocabularies)
         except Exception as e:  # one clip the analysis cannot handle must not sink its partition
             analysed = Reject(obj.source, obj.source_id, "analyze", "analysis_error", f"{type(e).__name__}: {e}")
         if isinstance(analysed, Reject):
@@ -151,6 +162,7 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
         counts["decoded"] += 1
         clips.append(analysed)
 
+    add_relative_facts(clips, leaf_ids)
     semaphore = asyncio.Semaphore(int(config.data["run"].get("concurrency", 16)))
     loop_stats = LoopStats()
     budget_exhausted = False
@@ -192,6 +204,9 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
 
     rows, filter_rejects = dedupe(rows, filters)
     rejects.extend(filter_rejects)
+    if spec.get("require") == "measured":
+        rows, unmeasured = keep_measured(rows)
+        rejects.extend(unmeasured)
     rows.sort(key=lambda r: r["sample_id"])
     rows, balance = rebalance_positions(rows, filters.max_position_share)
     counts["rebalanced"] = int(balance.get("moved", 0)) if isinstance(balance, dict) else 0
@@ -229,10 +244,54 @@ def _survey(config: Config, source_name: str, source, limits: dict, run_sources:
     return survey_source(source, before=before, **limits)
 
 
-def _leaves_to_measure(item, leaf_ids: list[str], claims_only: bool) -> list[str]:
+def _leaves_to_measure(item, categories: list, claims_only: bool) -> list[str]:
+    """Leaves whose facts the clip needs: with the reference captioner, those it can claim (from a
+    label, from the metadata field the leaf names, or from measurement); with a model captioner, all."""
     if not claims_only:
-        return leaf_ids
-    return [leaf for leaf in leaf_ids if leaf in item.labels]
+        return [c.id for c in categories]
+    return [c.id for c in categories
+            if c.id in item.labels or c.claimed_from == "measurement"
+            or (c.claimed_from and item.labels.get(c.claimed_from) not in (None, "", []))]
+
+
+MAX_OPTION_CHARS = 200  # schemas/question.schema.json: an option longer than this cannot be asked
+
+
+def metadata_vocabulary(source, categories: list, taxonomy) -> dict[str, list[str]]:
+    """Vocabularies of `values_from: metadata` leaves: every value the source's items carry in the
+    leaf's `claimed_from` field (all partitions, so every partition offers the same options),
+    ordered by language, then length (a phrase's nearest neighbours are its distractors)."""
+    from dataflux.records import SourceItem
+    from dataflux.steps.caption import metadata_claim
+    from dataflux.taxonomy import length_order
+
+    fields = {c.id: c.claimed_from for c in categories if taxonomy.values_from.get(c.id) == "metadata"}
+    if not fields:
+        return {}
+    out: dict[str, set[tuple[str, str]]] = {leaf: set() for leaf in fields}
+    for item in source.iter_items(0, 1):
+        if not isinstance(item, SourceItem):
+            continue
+        language = str(item.labels.get("language") or "")
+        for leaf, field_name in fields.items():
+            value = metadata_claim(field_name, item.labels.get(field_name))
+            if value is not None and len(value) <= MAX_OPTION_CHARS:
+                out[leaf].add((language, value))
+    return {leaf: [v for _, v in sorted(pairs, key=lambda p: (p[0], *length_order(p[1])))]
+            for leaf, pairs in out.items() if pairs}
+
+
+def keep_measured(rows: list[dict]) -> tuple[list[dict], list[Reject]]:
+    """Rows a measurement verified, and a reject (reason not_measured) for each other row."""
+    kept, rejects = [], []
+    for r in rows:
+        if r.get("verification") == "measured":
+            kept.append(r)
+            continue
+        rejects.append(Reject(r["source"], r["source_id"], "filter", "not_measured",
+                              f"{r['l3']}: verified {r.get('verification')!r}; the source requires measured rows",
+                              sample_id=r["sample_id"], audio_sha256=r["audio_sha256"], extra={"leaf": r["l3"]}))
+    return kept, rejects
 
 
 def _ledger(source: str, source_id: str, audio_sha256: str | None, status: str, planted: dict | None,

@@ -24,11 +24,14 @@ from dataflux.steps.base import Category
 MIN_VALUES = 4
 LEAF_KEYS = frozenset({
     "id", "path", "description", "values", "values_from", "measured_by", "needs",
-    "question_templates", "judge_rules", "exemplars",
+    "question_templates", "judge_rules", "exemplars", "claimed_from",
 })
 REQUIRED_LEAF_KEYS = ("id", "path", "description", "question_templates", "judge_rules")
 TOP_KEYS = frozenset({"version", "leaves"})
-VALUES_FROM = frozenset({"labels"})
+VALUES_FROM = frozenset({"labels", "metadata"})
+# Metadata fields of a SourceItem a leaf's claim may come from, besides "measurement".
+CLAIM_FIELDS = frozenset({"transcript", "language", "speaker", "gender", "age", "emotion", "labels", "caption",
+                          "genre", "instrument", "measurement"})
 
 
 class TaxonomyError(ValueError):
@@ -112,14 +115,18 @@ class Taxonomy:
     def bind_labels(self, vocabularies: Mapping[str, Sequence[str]]) -> Taxonomy:
         """A copy where each label-driven leaf gets its vocabulary from `vocabularies[leaf_id]`.
 
-        The values are de-duplicated and sorted so that the vocabulary does not depend on the
-        order a source happens to yield its items in. A label-driven leaf with fewer than 4
+        Label values are de-duplicated and sorted so that the vocabulary does not depend on the
+        order a source happens to yield its items in; metadata values keep the order given
+        (`dataflux.pipeline.metadata_vocabulary` orders them by language, then length). A label-driven leaf with fewer than 4
         labels keeps an empty vocabulary: the question writer reports it as not applicable.
         """
         cats = []
         for c in self.categories:
             if c.id in self.values_from and c.id in vocabularies:
-                vocab = sorted({str(v).strip() for v in vocabularies[c.id] if v is not None and str(v).strip()})
+                words = [" ".join(str(v).split()) for v in vocabularies[c.id] if v is not None and str(v).strip()]
+                # metadata vocabularies come ordered (by language, then length: nearest = similar
+                # phrases); label vocabularies are sorted so they do not depend on listing order
+                vocab = list(dict.fromkeys(words)) if self.values_from[c.id] == "metadata" else sorted(set(words))
                 c = dataclasses.replace(c, values=vocab if len(vocab) >= MIN_VALUES else [])
             cats.append(c)
         return dataclasses.replace(self, categories=tuple(cats))
@@ -130,6 +137,26 @@ class Taxonomy:
         """`categories` with label-driven vocabularies filled from `vocabularies` (see `bind_labels`)."""
         bound = self.bind_labels(vocabularies)
         return [bound.leaf(c.id) if c.id in self.values_from else c for c in categories]
+
+
+def length_order(value: str) -> tuple[int, int, str]:
+    """Sort key that puts phrases of similar length next to each other (words, then characters)."""
+    return (len(value.split()), len(value), value)
+
+
+def distinct_neighbours(values: Sequence[str], value: str, k: int = 3, min_word_distance: float = 0.34) -> list[str]:
+    """Like `nearest_values`, skipping phrases that differ from `value` (or from a phrase already
+    chosen) in fewer than a third of their words ("You are now muted" for "You are now unmuted"): no listener or recognizer can
+    be held to such a pair, so it makes an ambiguous question rather than a hard one."""
+    from dataflux.audio.speech import word_error_rate
+
+    chosen: list[str] = []
+    for v in nearest_values(values, value, len(values)):
+        if all(word_error_rate(other, v) >= min_word_distance for other in [value, *chosen]):
+            chosen.append(v)
+            if len(chosen) == k:
+                break
+    return chosen
 
 
 def nearest_values(values: Sequence[str], value: str, k: int = 3) -> list[str]:
@@ -240,6 +267,11 @@ def _parse_leaf(leaf: Any, i: int, origin: str) -> tuple[Category, str | None]:
     measured_by = leaf.get("measured_by")
     if measured_by is not None and not isinstance(measured_by, str):
         raise fail("measured_by must be a fact name or null")
+    claimed_from = leaf.get("claimed_from")
+    if claimed_from is not None and claimed_from not in CLAIM_FIELDS:
+        raise fail(f"claimed_from must be one of {sorted(CLAIM_FIELDS)}, got {claimed_from!r}")
+    if vf == "metadata" and (claimed_from is None or claimed_from == "measurement"):
+        raise fail("values_from: metadata needs claimed_from naming the metadata field the values come from")
     exemplars = leaf.get("exemplars") or []
     if not isinstance(exemplars, list) or not all(isinstance(e, dict) for e in exemplars):
         raise fail("exemplars must be a list of mappings")
@@ -253,5 +285,6 @@ def _parse_leaf(leaf: Any, i: int, origin: str) -> tuple[Category, str | None]:
         id=leaf["id"], path=tuple(path), description=str(leaf["description"]), values=values,
         question_templates=list(leaf["question_templates"]), judge_rules=list(leaf["judge_rules"]),
         exemplars=[dict(e) for e in exemplars], measured_by=measured_by, needs=list(needs),
+        claimed_from=claimed_from,
     )
     return cat, vf

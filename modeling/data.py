@@ -74,21 +74,27 @@ class VersionIndex:
     l3: np.ndarray
 
     @classmethod
-    def build(cls, paths: Sequence[str]) -> "VersionIndex":
+    def build(cls, paths: Sequence[str], *, require_measured: bool = False) -> "VersionIndex":
+        """`require_measured`: index only rows whose `verification` is "measured" (train.require_measured)."""
         cols: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
         shard, row = [], []
+        wanted = INDEX_COLUMNS + (["verification"] if require_measured else [])
         for s, path in enumerate(paths):
             pf = pq.ParquetFile(path)
-            missing = [c for c in INDEX_COLUMNS if c not in pf.schema_arrow.names]
+            missing = [c for c in wanted if c not in pf.schema_arrow.names]
             if missing:
-                raise ValueError(f"{path}: shard lacks column(s) {missing} of the row contract; rebuild the version")
+                raise ValueError(f"{path}: shard lacks column(s) {missing} of the row contract; rebuild the version"
+                                 + (" (train.require_measured needs rows that record their verification)"
+                                    if "verification" in missing else ""))
             n = 0
-            for batch in pf.iter_batches(columns=INDEX_COLUMNS, batch_size=4096):
+            for batch in pf.iter_batches(columns=wanted, batch_size=4096):
+                keep = ([v == "measured" for v in batch.column("verification").to_pylist()] if require_measured
+                        else [True] * batch.num_rows)
                 for c in INDEX_COLUMNS:
-                    cols[c].extend(batch.column(c).to_pylist())
+                    cols[c].extend(v for v, k in zip(batch.column(c).to_pylist(), keep) if k)
+                row.extend(n + i for i, k in enumerate(keep) if k)
+                shard.extend([s] * sum(keep))
                 n += batch.num_rows
-            shard.extend([s] * n)
-            row.extend(range(n))
         bad = sorted({s for s in cols["split"] if s not in SPLITS})
         if bad:
             raise ValueError(f"version rows carry unknown split value(s) {bad}; expected one of {SPLITS}")

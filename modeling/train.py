@@ -114,6 +114,7 @@ class TrainSpec:
     # a curriculum before category_weights: [{epochs: N, category_weights: {...}}, ...], stage by stage
     category_stages: list[dict[str, Any]] = field(default_factory=list)
     shuffle_options: bool = False  # multiple-choice options in a new order each epoch (answer re-lettered)
+    require_measured: bool = False  # train only on rows a measurement of the audio verified (verification = measured)
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -537,7 +538,7 @@ def train(
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     set_seed(spec.seed)
-    index = VersionIndex.build(paths)
+    index = VersionIndex.build(paths, require_measured=spec.require_measured)
     resume_from = _checkpoints(run_dir)[-1] if _checkpoints(run_dir) else None
     if resume_from is not None:
         processor = EurekaAudioProcessor.from_pretrained(run_dir / "processor")

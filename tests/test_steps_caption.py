@@ -60,3 +60,25 @@ def test_claims_of_a_plain_caption_come_from_vocabulary_words_in_the_text():
     assert [v for v, _, _ in values_in_text("quiet then very quiet", ["quiet", "very quiet"])] == ["quiet", "very quiet"]
     fixed = apply_corrections(ClaimedCaption(plain.text, plain.call, claims=claims), {"tone_pitch": "440 Hz"})
     assert "440 Hz whistle" in fixed.text and fixed.corrected == {"tone_pitch": "880 Hz"}
+
+
+def test_real_clip_caption_states_metadata_and_measured_claims_and_says_which_is_which():
+    import numpy as np
+    from dataflux.records import Clip, SourceItem
+
+    item = SourceItem("s", "x", labels={"transcript": "Please hold.", "gender": "F", "language": "en",
+                                        "caption": "A woman on a phone line asks the caller to wait."})
+    clip = Clip(item, "ab" * 32, np.zeros(16000, dtype=np.float32), 16000, 8000, {},
+                {"speech_pauses": "no pause", "audio_quality": None})
+    claimed_from = {"spoken_text": "transcript", "speaker_gender": "gender", "spoken_language": "language",
+                    "speech_pauses": "measurement", "audio_quality": "measurement"}
+    cap = asyncio.run(ReferenceCaptioner(None, claimed_from).caption(clip))
+    assert cap.text.startswith("A woman on a phone line asks the caller to wait. A female voice speaking English")
+    assert 'The speaker says: "Please hold."' in cap.text and "no pause" in cap.text
+    assert cap.claims == {"spoken_text": "Please hold.", "speaker_gender": "female", "spoken_language": "English",
+                          "speech_pauses": "no pause"}  # an unmeasured fact is not stated
+    assert cap.sources == {"spoken_text": "metadata", "speaker_gender": "metadata", "spoken_language": "metadata",
+                           "speech_pauses": "measurement"}
+    assert cap.call.params["claim_sources"] == cap.sources
+    fixed = asyncio.run(ReferenceCaptioner(None, claimed_from).recaption(clip, cap, {"spoken_text": None}))
+    assert "Please hold" not in fixed.text and fixed.transcript is None and fixed.text.startswith("A woman on")

@@ -68,3 +68,15 @@ def test_feedback_naming_a_measured_value_rekeys_the_question():
     g = gen(TAX.leaf("tone_pitch"), cap(tone_pitch="220 Hz"), n=1, feedback=fb)
     assert g.is_success and g.questions[0].answer == "440 Hz" and "feedback" in g.reason
     assert g.call.params["with_feedback"] is True
+
+
+def test_class_label_distractors_are_the_most_confusable_labels_not_neighbours_in_the_alphabet():
+    from dataflux.steps.hard_negatives import similar_labels
+
+    labels = sorted(["alarm clock", "bell", "busy signal", "chime", "dog", "phone ringing", "pink noise", "rain",
+                     "ringback tone", "rooster"])
+    assert similar_labels("sound_source", labels, "bell")[:2] == ["alarm clock", "chime"]  # its similarity group
+    assert similar_labels("sound_source", labels, "phone ringing")[:2] == ["busy signal", "ringback tone"] or \
+        similar_labels("sound_source", labels, "phone ringing")[:2] == ["ringback tone", "busy signal"]
+    assert set(similar_labels("sound_source", labels, "dog", k=1)) == {"rooster"}
+    assert "pink noise" in similar_labels("sound_source", labels, "rain")

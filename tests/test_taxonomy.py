@@ -36,7 +36,9 @@ def test_packaged_taxonomy_loads_every_leaf_with_a_four_level_path():
         assert cat.question_templates and cat.judge_rules
     assert tax.leaf("tone_pitch").values == ["110 Hz", "220 Hz", "440 Hz", "880 Hz"]
     assert tax.leaf("tone_pitch").measured_by == "tone_pitch"
-    assert tax.label_driven() == ["sound_source"] and tax.leaf("sound_source").values == []
+    assert tax.label_driven() == ["sound_source", "spoken_text", "music_genre", "music_instrument", "emotion"]
+    assert tax.values_from["sound_source"] == "labels" and tax.leaf("sound_source").values == []
+    assert tax.values_from["spoken_text"] == "metadata" and tax.leaf("spoken_text").claimed_from == "transcript"
     assert tax.sha256 == taxonomy_sha256()
 
 
@@ -44,7 +46,8 @@ def test_leaves_for_accepts_branches_paths_and_leaf_ids():
     tax = load_taxonomy()
     assert [c.id for c in tax.leaves_for(["Sound/Tonal"])] == ["tone_pitch", "waveform"]
     assert [c.id for c in tax.leaves_for(["Sound > Tonal > Pitch"])] == ["tone_pitch"]
-    assert [c.id for c in tax.leaves_for(["Music", "duration", "click_tempo"])] == ["click_tempo", "duration"]
+    assert [c.id for c in tax.leaves_for(["Music", "duration", "click_tempo"])] == [
+        "click_tempo", "duration", "music_genre", "music_instrument"]
     assert len(tax.leaves_for(None)) == len(tax)
     with pytest.raises(TaxonomyError, match="'Sound/Nope' matches no leaf"):
         tax.leaves_for(["Sound/Nope"])
@@ -99,3 +102,13 @@ def test_user_taxonomy_file_with_a_new_leaf_loads(tmp_path, doc):
     tax = load_taxonomy(write(tmp_path, d))
     assert tax.leaf("room_size").values[-1] == "huge"
     assert taxonomy_from_dict(d).ids == tax.ids
+
+
+def test_transcript_distractors_differ_from_the_answer_and_each_other_in_a_third_of_their_words():
+    from dataflux.taxonomy import distinct_neighbours, length_order
+
+    phrases = sorted(["You are now muted.", "You are now unmuted.", "...to leave the conference", "To leave the conference.",
+                      "Please hold.", "Goodbye.", "Thank you for calling.", "Your call is important."], key=length_order)
+    got = distinct_neighbours(phrases, "You are now unmuted.", 3)
+    assert "You are now muted." not in got and len(got) == 3
+    assert not {"...to leave the conference", "To leave the conference."} <= set(got)

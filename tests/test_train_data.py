@@ -353,3 +353,24 @@ def test_shuffled_options_keep_the_answer_true_vary_by_epoch_and_resume_exactly(
     for sid, (answer, options) in zip(plain["sample_id"], _answers_and_options(processor, plain)):
         row = rows[sid]
         assert [o[4:] for o in options] == list(row["choices"])
+
+
+def test_require_measured_indexes_only_rows_a_measurement_verified(tmp_path):
+    from dataflux.storage.example_row import make_example_row, tone_wav_bytes
+    from dataflux.storage.shards import write_shard
+
+    rows = [make_example_row(f"clip-{i}", audio_bytes=tone_wav_bytes(200.0 + 50 * i), verification=level)
+            for i, level in enumerate(["measured", "metadata-only", "judged", "measured"])]
+    path = str(tmp_path / "s.parquet")
+    write_shard(rows, path)
+    assert len(VersionIndex.build([path])) == 4
+    kept = VersionIndex.build([path], require_measured=True)
+    assert sorted(kept.sample_id) == sorted(r["sample_id"] for r in rows if r["verification"] == "measured")
+    assert list(kept.row) == [0, 3]  # positions in the shard, so the reader fetches the right rows
+
+    old = str(tmp_path / "old.parquet")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(path).drop(["verification"]), old)
+    with pytest.raises(ValueError, match="require_measured needs rows that record their verification"):
+        VersionIndex.build([old], require_measured=True)

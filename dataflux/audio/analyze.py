@@ -18,6 +18,7 @@ def analyze_item(
     *,
     max_seconds: float = 600.0,
     min_seconds: float = 0.05,
+    vocabularies: dict[str, list[str]] | None = None,
 ) -> Clip | Reject:
     """Decode `item`, compute the always-on quality metrics and the facts `leaves` need.
 
@@ -45,5 +46,5 @@ def analyze_item(
         sampling_rate=TARGET_SR,
         original_sampling_rate=original_sr,
         quality=quality_metrics(y, TARGET_SR),
-        facts=measure_facts(y, TARGET_SR, leaves),
+        facts=measure_facts(y, TARGET_SR, leaves, {"labels": item.labels, "vocabularies": vocabularies or {}}),
     )

@@ -55,15 +55,17 @@ def measurable_leaves() -> set[str]:
     return set(_MEASURERS)
 
 
-def measure_facts(y: np.ndarray, sr: int, leaves: Iterable[str]) -> dict[str, Any]:
+def measure_facts(y: np.ndarray, sr: int, leaves: Iterable[str], context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure the requested leaves on one clip.
 
-    y: (T,) float32 mono; sr: its sample rate (16000 after decoding).
+    y: (T,) float32 mono; sr: its sample rate (16000 after decoding). `context` carries what a
+    check needs besides the audio: {"labels": the source's claims, "vocabularies": leaf -> values}
+    (which phrase is spoken is checked against the claimed transcript and its neighbours).
     Returns {leaf: vocabulary word or None for each requested measurable leaf,
     "raw": {descriptor name: number}}. Leaves that cannot be measured (e.g. sound_source)
     are left out; only the descriptors the requested leaves need are computed.
     """
-    a = _Analysis(np.asarray(y, dtype=np.float32), int(sr))
+    a = _Analysis(np.asarray(y, dtype=np.float32), int(sr), context)
     out: dict[str, Any] = {}
     for leaf in dict.fromkeys(leaves):
         fn = _MEASURERS.get(leaf)
@@ -76,9 +78,10 @@ def measure_facts(y: np.ndarray, sr: int, leaves: Iterable[str]) -> dict[str, An
 class _Analysis:
     """Lazily computed descriptors of one clip; each property runs at most once."""
 
-    def __init__(self, y: np.ndarray, sr: int):
+    def __init__(self, y: np.ndarray, sr: int, context: dict[str, Any] | None = None):
         self.y = y
         self.sr = sr
+        self.context = context or {}
         self.raw: dict[str, Any] = {}
 
     # ---- level -------------------------------------------------------------------------
@@ -445,6 +448,8 @@ def _speaking_rate(a: _Analysis) -> str | None:
     return nearest_value("speaking_rate", r, log=True)
 
 
+from dataflux.audio.speech_facts import SPEECH_MEASURERS  # noqa: E402  (they build on _Analysis)
+
 _MEASURERS: dict[str, Callable[[_Analysis], str | None]] = {
     "tone_pitch": _tone_pitch,
     "waveform": _waveform,
@@ -454,6 +459,7 @@ _MEASURERS: dict[str, Callable[[_Analysis], str | None]] = {
     "loudness": _loudness,
     "duration": _duration,
     "speaking_rate": _speaking_rate,
+    **SPEECH_MEASURERS,
 }
 
 # Fail at import, not mid-run, if the taxonomy lost a leaf this module measures.

@@ -59,6 +59,27 @@ def cost_table(f: VersionFacts) -> str:
                     f"{float(d.get('cost_usd') or 0):.4f}", d.get("cached", 0)] for s, d in f.per_step.items()])
 
 
+def verification_table(f: VersionFacts) -> str:
+    """Per category: how its rows were verified (measured | judged | metadata-only), as counts and share."""
+    shares = (f.stats or {}).get("verification_by_leaf") or {}
+    levels = ["measured", "judged", "metadata-only", "unrecorded"]
+    rows = []
+    for leaf, counts in shares.items():
+        total = sum(counts.values())
+        rows.append([leaf] + [f"{counts.get(lv, 0)} ({_pct(counts.get(lv, 0), total)})" for lv in levels])
+    return _table(["category"] + levels, rows)
+
+
+def planted_table(f: VersionFacts) -> str:
+    """Per category: planted wrong claims caught, and clean clips that lost their question about it."""
+    by_leaf = (f.stats or {}).get("planted_by_leaf") or {}
+    return _table(["category", "planted", "caught", "clean asked", "clean lost"],
+                  [[leaf, d.get("planted", 0), f"{d.get('caught', 0)} ({_pct(d.get('caught', 0), d.get('planted', 0))})",
+                    d.get("clean_asked", 0),
+                    f"{d.get('clean_rejected', 0)} ({_pct(d.get('clean_rejected', 0), d.get('clean_asked', 0))})"]
+                   for leaf, d in by_leaf.items()])
+
+
 def version_markdown(f: VersionFacts) -> str:
     """The summary published as a Prefect markdown artifact: headline, sources, categories,
     answer positions, rejects and cost."""
@@ -68,6 +89,10 @@ def version_markdown(f: VersionFacts) -> str:
              "## Categories", "", categories_table(f) if f.per_category else "_no samples_", "",
              "## Answer positions", "",
              _table(list(f.answer_position), [list(f.answer_position.values())]), ""]
+    if (f.stats or {}).get("verification_by_leaf"):
+        parts += ["## How each category was verified", "", verification_table(f), ""]
+    if (f.stats or {}).get("planted_by_leaf"):
+        parts += ["## Planted errors per category", "", planted_table(f), ""]
     if f.rejects:
         parts += ["## Rejects", "", rejects_table(f), ""]
     if f.per_step:

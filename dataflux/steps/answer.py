@@ -52,6 +52,12 @@ RAW_KEYS = {
     "loudness": ("active_rms_dbfs", "active_ratio"),
     "duration": ("duration_s",),
     "speaking_rate": ("syllable_rate", "syllable_nuclei", "speech_active_s"),
+    "spoken_text": ("recognizer_choice", "recognizer_heard", "recognizer", "claimed_syllables_per_s"),
+    "speaker_gender": ("f0_median_hz", "f0_iqr_hz", "voiced_frames"),
+    "speech_pauses": ("pause_count",),
+    "audio_quality": ("snr_db", "clipping_ratio"),
+    "relative_loudness": ("relative_loudness_percentile", "relative_loudness_reference_clips", "active_rms_dbfs"),
+    "relative_duration": ("relative_duration_percentile", "relative_duration_reference_clips"),
 }
 
 

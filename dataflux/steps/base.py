@@ -53,6 +53,7 @@ class Category:
     exemplars: list[dict[str, Any]]
     measured_by: str | None  # fact key that can check this category, or None
     needs: list[str] = field(default_factory=list)  # costly descriptors this category needs
+    claimed_from: str | None = None  # the metadata field (or "measurement") a clip's claim comes from
 
 
 @dataclass

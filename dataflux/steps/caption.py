@@ -24,6 +24,13 @@ CAPTIONER_MODEL = "reference-captioner@1"
 
 # Leaf ids a source label can claim directly; "label" is the raw class label (sound_source).
 _SOURCE_LABEL_KEYS = ("sound_source", "label")
+# Typed metadata of a SourceItem (not leaf ids): a leaf claims from one of them via `claimed_from`.
+METADATA_KEYS = frozenset({"transcript", "language", "speaker", "gender", "age", "emotion", "labels", "caption",
+                           "genre", "instrument", "label"})
+# ISO 639-1 code -> the language's name as the taxonomy's spoken_language vocabulary writes it.
+LANGUAGE_NAMES = {"en": "English", "it": "Italian", "es": "Spanish", "fr": "French", "de": "German", "ru": "Russian",
+                  "pt": "Portuguese", "nl": "Dutch", "zh": "Chinese", "ja": "Japanese"}
+_GENDER_WORDS = {"m": "male", "man": "male", "male": "male", "f": "female", "woman": "female", "female": "female"}
 
 
 @dataclasses.dataclass
@@ -36,6 +43,8 @@ class ClaimedCaption(Caption):
 
     claims: dict[str, str] = dataclasses.field(default_factory=dict)
     corrected: dict[str, str] = dataclasses.field(default_factory=dict)
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # leaf -> "metadata" | "measurement"
+    human: str | None = None  # the corpus's own caption of the clip, which leads the text
 
     @property
     def corrected_from_measurement(self) -> bool:
@@ -50,12 +59,26 @@ def claimed_labels(labels: Mapping[str, Any]) -> dict[str, str]:
     """The leaf claims in a source's labels (transcript/speaker are free fields, not claims)."""
     claims: dict[str, str] = {}
     for key, value in labels.items():
-        if key in NOT_CLAIMS or value is None or isinstance(value, list):
+        if (key in NOT_CLAIMS | METADATA_KEYS and key != "emotion") or value is None or isinstance(value, list):
             continue
         claims[key] = str(value).strip()
     if "sound_source" not in claims and labels.get("label") not in (None, ""):
         claims["sound_source"] = str(labels["label"]).strip()
     return claims
+
+
+def metadata_claim(field: str, value: Any) -> str | None:
+    """The vocabulary word a typed metadata value claims: "en" -> "English", "F" -> "female"."""
+    if value is None or isinstance(value, (list, dict)):
+        return None
+    text = " ".join(str(value).split())
+    if not text:
+        return None
+    if field == "language":
+        return LANGUAGE_NAMES.get(text.lower().split("-")[0].split("_")[0], text.title())
+    if field == "gender":
+        return _GENDER_WORDS.get(text.lower(), text.lower())
+    return text
 
 
 def _article(word: str) -> str:
@@ -82,13 +105,16 @@ def describe(claims: Mapping[str, str], transcript: str | None = None) -> str:
         subject = subject[0].upper() + subject[1:]
     elif tone:
         subject = f"A steady {tone} tone"
-    elif "speaking_rate" in c or transcript:
-        subject = "A voice speaking" + (f" at a {c['speaking_rate']} pace" if "speaking_rate" in c else "")
+    elif "speaking_rate" in c or transcript or "speaker_gender" in c or "spoken_language" in c:
+        gender = c.get("speaker_gender")
+        voice = "A voice" if not gender else (f"A {gender}" if gender.endswith("voice") else f"A {gender} voice")
+        subject = (voice + " speaking" + (f" {c['spoken_language']}" if "spoken_language" in c else "")
+                   + (f" at a {c['speaking_rate']} pace" if "speaking_rate" in c else ""))
     elif "sound_source" in c:
         subject = f"A recording whose main sound source is {c['sound_source']}"
     else:
         subject = "A sound"
-    if "speaking_rate" in c and not subject.startswith("A voice"):
+    if "speaking_rate" in c and " speaking" not in subject:
         subject += f", with a voice speaking at a {c['speaking_rate']} pace"
     if "sound_source" in c and not subject.startswith("A recording whose"):
         subject += f", made by {c['sound_source']}"
@@ -97,9 +123,17 @@ def describe(claims: Mapping[str, str], transcript: str | None = None) -> str:
         parts.append(f"lasting {c['duration']}")
     if "loudness" in c:
         parts.append(f"at a {c['loudness']} level")
+    if "speech_pauses" in c:
+        parts.append(f"with {c['speech_pauses']}")
     text = ", ".join(parts) + "."
+    relative = [c[k] for k in ("relative_loudness", "relative_duration") if k in c]
+    if relative:
+        text += f" Compared with the other recordings of its set it is {' and '.join(relative)}."
+    if "audio_quality" in c:
+        text += f" The recording is {c['audio_quality']}."
     known = {"noise_colour", "click_tempo", "beep_count", "tone_pitch", "waveform", "speaking_rate",
-             "sound_source", "duration", "loudness"}
+             "sound_source", "duration", "loudness", "speaker_gender", "spoken_language", "spoken_text",
+             "speech_pauses", "relative_loudness", "relative_duration", "audio_quality"}
     for leaf in sorted(set(c) - known):  # leaves added to the taxonomy later still get stated
         text += f" Its {leaf.replace('_', ' ')} is {c[leaf]}."
     if transcript:
@@ -117,40 +151,72 @@ class ReferenceCaptioner:
     backend = "reference"
     model = CAPTIONER_MODEL
 
-    def __init__(self, leaves: Iterable[str] | None = None):
+    def __init__(self, leaves: Iterable[str] | None = None, claimed_from: Mapping[str, str] | None = None):
         # Only claims about known leaves are written; None means every claimed leaf.
         self.leaves = set(leaves) if leaves is not None else None
+        # leaf -> metadata field its claim comes from, or "measurement" (taxonomy `claimed_from`)
+        self.claimed_from = dict(claimed_from or {})
 
     def _call(self, params: dict[str, Any]) -> Call:
         return Call(step="caption", backend=self.backend, model=self.model, params=params, seed=None)
 
-    def _claims(self, clip: Clip) -> dict[str, str]:
+    def _claims(self, clip: Clip) -> tuple[dict[str, str], dict[str, str]]:
+        """(leaf -> claimed value, leaf -> "metadata" | "measurement")."""
         claims = claimed_labels(clip.item.labels)
+        sources = {k: "metadata" for k in claims}
+        for leaf, field in self.claimed_from.items():
+            if leaf in claims:
+                continue
+            if field == "measurement":
+                value = clip.facts.get(leaf)
+                if isinstance(value, str):
+                    claims[leaf], sources[leaf] = value, "measurement"
+            else:
+                value = metadata_claim(field, clip.item.labels.get(field))
+                if value is not None:
+                    claims[leaf], sources[leaf] = value, "metadata"
         if self.leaves is not None:
             claims = {k: v for k, v in claims.items() if k in self.leaves}
-        return claims
+        return claims, {k: sources[k] for k in claims}
 
     async def caption(self, clip: Clip) -> ClaimedCaption:
         transcript = clip.item.labels.get("transcript") or None
-        claims = self._claims(clip)
-        return ClaimedCaption(text=describe(claims, transcript), call=self._call({"corrections": {}}),
-                              transcript=transcript, claims=claims)
+        if isinstance(transcript, str):
+            transcript = " ".join(transcript.split()) or None
+        claims, sources = self._claims(clip)
+        human = clip.item.labels.get("caption")
+        human = " ".join(human.split()) or None if isinstance(human, str) else None
+        return ClaimedCaption(text=_with_human(human, describe(claims, transcript)),
+                              call=self._call({"corrections": {}, "claim_sources": sources}),
+                              transcript=transcript, claims=claims, sources=sources, human=human)
 
     async def recaption(self, clip: Clip, previous: Caption, corrections: Mapping[str, str | None]) -> ClaimedCaption:
         """Caption again with `corrections` applied: leaf -> measured value, or None to drop the claim."""
         claims = dict(caption_claims(previous))
         corrected = dict(getattr(previous, "corrected", {}) or {})
+        sources = dict(getattr(previous, "sources", {}) or {})
+        transcript = previous.transcript
         for leaf, value in corrections.items():
             old = claims.get(leaf)
             if value is None:
                 claims.pop(leaf, None)
+                sources.pop(leaf, None)
+                if self.claimed_from.get(leaf) == "transcript":
+                    transcript = None  # the audio contradicts the transcript: the caption stops quoting it
             else:
                 claims[leaf] = value
+                sources[leaf] = "measurement"
                 if old is not None and old != value:
                     corrected.setdefault(leaf, old)
-        params = {"corrections": {k: corrections[k] for k in sorted(corrections)}}
-        return ClaimedCaption(text=describe(claims, previous.transcript), call=self._call(params),
-                              transcript=previous.transcript, claims=claims, corrected=corrected)
+        params = {"corrections": {k: corrections[k] for k in sorted(corrections)}, "claim_sources": sources}
+        human = getattr(previous, "human", None)
+        return ClaimedCaption(text=_with_human(human, describe(claims, transcript)), call=self._call(params),
+                              transcript=transcript, claims=claims, corrected=corrected, sources=sources, human=human)
+
+
+def _with_human(human: str | None, described: str) -> str:
+    """A human caption leads (what the corpus says in its own words); the stated claims follow."""
+    return f"{human} {described}" if human else described
 
 
 def caption_claims(caption: Caption, categories: Iterable[Category] = ()) -> dict[str, str]:

@@ -14,7 +14,8 @@ import re
 from dataflux.records import Clip
 from dataflux.steps.base import Call, Caption, Category, Generation, Question
 from dataflux.steps.caption import caption_claims
-from dataflux.taxonomy import nearest_values
+from dataflux.steps.hard_negatives import has_similarity, similar_labels
+from dataflux.taxonomy import distinct_neighbours, nearest_values
 
 WRITER_MODEL = "reference-writer@1"
 N_CHOICES = 4
@@ -36,6 +37,17 @@ def feedback_measurement(feedback: str | None, leaf: str) -> str | None:
 def mentions(text: str, value: str) -> bool:
     """Whether `value` appears in `text` as whole words (case-insensitive)."""
     return re.search(r"(?<![\w-])" + re.escape(value) + r"(?![\w-])", text, flags=re.IGNORECASE) is not None
+
+
+def distractors_for(category: Category, value: str) -> list[str]:
+    """The 3 wrong options: the nearest values of the vocabulary; for a transcript, the nearest
+    phrases that differ from it in at least a third of their words (dataflux.taxonomy); for a
+    class label, the labels most like it (dataflux.steps.hard_negatives)."""
+    if category.claimed_from == "transcript":
+        return distinct_neighbours(category.values, value, N_CHOICES - 1)
+    if has_similarity(category.id):  # class labels: the most confusable ones (dataflux/label_similarity.yaml)
+        return similar_labels(category.id, category.values, value, N_CHOICES - 1)
+    return nearest_values(category.values, value, N_CHOICES - 1)
 
 
 class TemplateQuestionWriter:
@@ -69,7 +81,7 @@ class TemplateQuestionWriter:
             return Generation(False, [], call, reason=f"the caption's {leaf} value {value!r} is not in the "
                                                        f"vocabulary {category.values}")
         rng = random.Random(seed)
-        distractors = nearest_values(category.values, value, N_CHOICES - 1)
+        distractors = distractors_for(category, value)
         templates = [t for t in category.question_templates
                      if not any(mentions(t, v) for v in [value, *distractors])]
         if feedback is not None and len(templates) > 1:

@@ -727,6 +727,19 @@ class Catalog:
                 (out["planted_errors"], out["planted_caught"], out["planted_caught_discarded"],
                  out["planted_caught_corrected"], out["clean_items"], out["clean_rejected"]) = one(
                     _PLANTED_SQL, [vid])
+                out["planted_by_leaf"] = {
+                    leaf: {"planted": n, "caught": c} for leaf, n, c in many(_PLANTED_BY_LEAF_SQL, [vid])}
+                for leaf, asked, lost in many(_CLEAN_BY_LEAF_SQL, [vid]):
+                    out["planted_by_leaf"].setdefault(leaf, {"planted": 0, "caught": 0}).update(
+                        {"clean_asked": asked, "clean_rejected": lost})
+            try:
+                shares: dict[str, dict[str, int]] = {}
+                for leaf, level, n in many("SELECT l3, coalesce(verification, 'unrecorded'), count(*) FROM s "
+                                           "GROUP BY 1, 2 ORDER BY 1, 2"):
+                    shares.setdefault(leaf, {})[level] = n
+                out["verification_by_leaf"] = shares
+            except duckdb.BinderException:  # shards written before rows recorded their verification
+                out["verification_by_leaf"] = {}
         return out
 
 
@@ -763,6 +776,43 @@ WITH c AS (
 SELECT step, count(*), coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0), coalesce(sum(cost_usd), 0),
        coalesce(sum(CASE WHEN cached THEN 1 ELSE 0 END), 0)
 FROM c GROUP BY 1 ORDER BY 1
+"""
+
+# Per leaf: plants and how many no row asserts; clean items asked about the leaf (a row or a
+# reject names it) and how many of them end with no row about it.
+_PLANTED_BY_LEAF_SQL = """
+WITH
+planted AS (
+    SELECT DISTINCT source, source_id, planted->>'leaf' AS leaf, planted->>'claimed' AS claimed
+    FROM items WHERE version_id = $1 AND planted IS NOT NULL AND planted->>'leaf' IS NOT NULL
+),
+asserting AS (
+    SELECT DISTINCT p.source, p.source_id, p.leaf FROM planted p
+    JOIN s ON s.source = p.source AND s.source_id = p.source_id
+    WHERE (s.l3 = p.leaf AND s.answer = p.claimed)
+       OR (json_valid(s.caption_claims) AND json_extract_string(s.caption_claims, p.leaf) = p.claimed)
+)
+SELECT p.leaf, count(*), count(*) FILTER (WHERE a.source IS NULL)
+FROM planted p LEFT JOIN asserting a ON a.source = p.source AND a.source_id = p.source_id AND a.leaf = p.leaf
+GROUP BY 1 ORDER BY 1
+"""
+_CLEAN_BY_LEAF_SQL = """
+WITH
+clean AS (
+    SELECT DISTINCT source, source_id FROM items
+    WHERE version_id = $1 AND (planted IS NULL OR planted->>'leaf' IS NULL)
+      AND source IN (SELECT source FROM items WHERE version_id = $1 AND planted->>'leaf' IS NOT NULL)
+),
+kept AS (SELECT DISTINCT source, source_id, l3 AS leaf FROM s),
+asked AS (
+    SELECT source, source_id, leaf FROM kept
+    UNION
+    SELECT source, source_id, extra->>'leaf' FROM rejects WHERE version_id = $1 AND extra->>'leaf' IS NOT NULL
+)
+SELECT a.leaf, count(*), count(*) FILTER (WHERE k.source IS NULL)
+FROM asked a JOIN clean c ON c.source = a.source AND c.source_id = a.source_id
+LEFT JOIN kept k ON k.source = a.source AND k.source_id = a.source_id AND k.leaf = a.leaf
+GROUP BY 1 ORDER BY 1
 """
 
 # Planted errors live in the item ledger as {"leaf": <leaf id>, "claimed": <wrong value>, ...}.

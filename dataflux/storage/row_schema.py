@@ -95,6 +95,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("checks", pa.list_(_CHECK)),
     ("rounds", pa.int32()),
     ("corrected_from_measurement", pa.bool_()),
+    ("verification", pa.string()),  # measured | judged | metadata-only (None on rows written before it existed)
     ("calls", pa.list_(_CALL)),
     ("tokens_in", pa.int64()),
     ("tokens_out", pa.int64()),
@@ -107,7 +108,11 @@ SAMPLE_SCHEMA = pa.schema([
 
 COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names)
 # Columns a row may leave as None; every other column must carry a value.
-NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256"})
+NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256", "verification"})
+# Columns added to the contract later: left out of the content hash when a row lacks them, so an
+# older row keeps the hash it was written with.
+_LATER_COLUMNS = frozenset({"verification"})
+VERIFICATION_LEVELS = ("measured", "judged", "metadata-only")
 
 # Arrow primitive -> the dtype name `datasets.Value` uses in its JSON form.
 _VALUE_DTYPES = {
@@ -200,6 +205,8 @@ def row_content_sha256(row: dict[str, Any]) -> str:
         if f.name in _VOLATILE_COLUMNS:
             continue
         value = row.get(f.name)
+        if f.name in _LATER_COLUMNS and value is None:
+            continue
         if f.name == AUDIO_COLUMN and isinstance(value, dict):
             value = {"bytes": value.get("bytes"), "path": None}
         value = _canonical(value, f.type, f"row {sid!r} field {f.name!r}")

@@ -1,0 +1,165 @@
+"""Real recordings for the tests, fetched from Debian packages (nothing installed, no audio in the repo).
+
+- Speech: the Asterisk PBX core prompts, read by professional speakers, with the text of every
+  prompt in the package's `core-sounds-<lang>.txt`: US English (Allison, female) and Italian
+  (Carlo, male), 8 kHz telephone-band WAV.
+- Sound events: the freedesktop sound theme (bell, phone ringing, camera shutter, ...).
+
+`apt-get download` + `dpkg -x` into a cache directory (DATAFLUX_TEST_AUDIO, default
+~/.cache/dataflux-test-audio); a second session reuses it. When apt cannot fetch, the set-up
+raises: the tests that need real audio fail, they are never skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# package -> version the figures were measured on (any later version of the same package works)
+SPEECH_PACKAGES = {
+    "en": ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en", "en_US_f_Allison"),
+    "it": ("asterisk-core-sounds-it-wav", "asterisk-core-sounds-it", "it_IT_m_Carlo"),
+}
+EVENT_PACKAGE = "sound-theme-freedesktop"
+KNOWN_VERSIONS = {"asterisk-core-sounds-en-wav": "1.6.1-1", "asterisk-core-sounds-en": "1.6.1-1",
+                  "asterisk-core-sounds-it-wav": "1.6.1-1", "asterisk-core-sounds-it": "1.6.1-1",
+                  "sound-theme-freedesktop": "0.8-2"}
+
+# The freedesktop theme's file names are event names, not sound classes: the class each one sounds like.
+EVENT_CLASSES = {
+    "alarm-clock-elapsed": "alarm clock", "bell": "bell", "camera-shutter": "camera shutter",
+    "complete": "chime", "device-added": "chime", "device-removed": "chime",
+    "dialog-information": "chime", "dialog-warning": "alert tone", "message": "chime",
+    "message-new-instant": "chime", "phone-incoming-call": "phone ringing",
+    "phone-outgoing-busy": "busy signal", "phone-outgoing-calling": "ringback tone",
+    "power-plug": "chime", "power-unplug": "chime", "screen-capture": "camera shutter",
+    "service-login": "chime", "service-logout": "chime", "suspend-error": "alert tone",
+    "trash-empty": "crumpling paper", "audio-volume-change": "click",
+    "audio-test-signal": "pink noise", "window-attention": "chime",
+}
+
+
+class RealAudioUnavailable(RuntimeError):
+    """apt could not fetch a package the real-audio tests need."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DATAFLUX_TEST_AUDIO", Path.home() / ".cache" / "dataflux-test-audio"))
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def fetch_package(name: str, root: Path | None = None) -> tuple[Path, str]:
+    """Download `name` with apt and unpack it under `<cache>/root`; returns (root, version)."""
+    base = cache_dir()
+    root = root or base / "root"
+    debs = base / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = base / f"{name}.unpacked"
+    if stamp.exists():
+        return root, stamp.read_text().strip()
+    found = sorted(debs.glob(f"{name}_*.deb"))
+    if not found:
+        got = _run(["apt-get", "download", name], debs)
+        if got.returncode != 0 and os.geteuid() == 0:  # a fresh machine may have no package lists yet
+            _run(["apt-get", "update", "-qq"], debs)
+            got = _run(["apt-get", "download", name], debs)
+        found = sorted(debs.glob(f"{name}_*.deb"))
+        if got.returncode != 0 or not found:
+            raise RealAudioUnavailable(
+                f"`apt-get download {name}` failed (exit {got.returncode}): {got.stderr.strip()[-400:]}; "
+                f"the real-audio tests need Debian's apt with network access to deb.debian.org")
+    deb = found[-1]
+    unpacked = _run(["dpkg", "-x", str(deb), str(root)], debs)
+    if unpacked.returncode != 0:
+        raise RealAudioUnavailable(f"`dpkg -x {deb}` failed: {unpacked.stderr.strip()[-400:]}")
+    version = _run(["dpkg-deb", "-f", str(deb), "Version"], debs).stdout.strip()
+    stamp.write_text(version)
+    return root, version
+
+
+@dataclass
+class Corpus:
+    manifest: Path  # JSONL: file, id, transcript / label, gender, language, speaker
+    records: list[dict]
+    packages: dict[str, str]  # package -> version
+
+
+def _prompts(text_gz: Path) -> dict[str, str]:
+    out = {}
+    with gzip.open(text_gz, "rt", encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            if line.startswith(";") or ":" not in line:
+                continue
+            key, text = line.split(":", 1)
+            out[key.strip()] = " ".join(text.split())
+    return out
+
+
+def _spoken(text: str) -> bool:
+    """A prompt text that is words a voice reads (not '[beep tone]', '...', or empty)."""
+    return bool(text) and not text.startswith("[") and len(re.findall(r"[^\W\d_]", text)) >= 2
+
+
+def speech_records(languages: tuple[str, ...] = ("en", "it")) -> tuple[list[dict], dict[str, str]]:
+    """Every spoken prompt of the packaged languages, with its transcript and speaker facts."""
+    records, packages = [], {}
+    for lang in languages:
+        wav_pkg, text_pkg, voice = SPEECH_PACKAGES[lang]
+        root, v1 = fetch_package(wav_pkg)
+        _, v2 = fetch_package(text_pkg)
+        packages[wav_pkg], packages[text_pkg] = v1, v2
+        sounds = root / "usr/share/asterisk/sounds" / voice
+        texts = _prompts(root / f"usr/share/doc/{text_pkg}/core-sounds-{lang}.txt.gz")
+        gender = {"f": "female", "m": "male"}[voice.split("_")[2]]
+        for key in sorted(texts):
+            wav = sounds / f"{key}.wav"
+            if _spoken(texts[key]) and wav.exists() and not key.startswith("silence/"):
+                records.append({"file": str(wav), "id": f"{lang}/{key}", "transcript": texts[key],
+                                "gender": gender, "language": lang, "speaker": voice.split("_", 3)[3],
+                                "label": "speech"})
+    return records, packages
+
+
+def event_records() -> tuple[list[dict], dict[str, str]]:
+    root, version = fetch_package(EVENT_PACKAGE)
+    folder = root / "usr/share/sounds/freedesktop/stereo"
+    records, seen = [], set()
+    for p in sorted(folder.glob("*.oga")):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.stem in EVENT_CLASSES and not p.is_symlink() and digest not in seen:  # one file per sound
+            seen.add(digest)
+            records.append({"file": str(p), "id": p.stem, "label": EVENT_CLASSES[p.stem]})
+    return records, {EVENT_PACKAGE: version}
+
+
+def subset(records: list[dict], n: int, seed: int = 0, key: str = "language") -> list[dict]:
+    """`n` records, the same number from each value of `key`, drawn reproducibly."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(str(r.get(key)), []).append(r)
+    rng = random.Random(seed)
+    out = []
+    for g in sorted(groups):
+        items = list(groups[g])
+        rng.shuffle(items)
+        out.extend(items[: n // len(groups)])
+    return sorted(out, key=lambda r: r["id"])
+
+
+def write_manifest(records: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,199 @@
+"""DataFlux on recordings it did not make: Debian-packaged speech prompts and a desktop sound theme.
+
+The audio is fetched by `tests/real_audio.py` (apt-get download + dpkg -x into a cache); when apt
+cannot fetch it these tests fail, they are not skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import real_audio as ra
+from dataflux.audio.decode import decode_audio
+from dataflux.audio.facts import measure_facts
+from dataflux.audio.speech import normalise_words, word_error_rate
+from dataflux.audio.speech_facts import OTHER_WORDS
+from dataflux.config import load_config
+from dataflux.records import SourceItem
+from dataflux.sources.planting import plant_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = {"file": "file", "id": "id", "transcript": "transcript", "gender": "gender", "language": "language",
+          "speaker": "speaker", "label": "label"}
+
+
+@pytest.fixture(scope="session")
+def speech_corpus():
+    return ra.speech_records()
+
+
+@pytest.fixture(scope="session")
+def event_corpus():
+    return ra.event_records()
+
+
+def write_config(tmp: Path, sources: dict) -> Path:
+    cfg = yaml.safe_load((ROOT / "data_catalog.yaml").read_text())
+    cfg["sources"] = sources
+    cfg["storage"] = {"root": str(tmp / "shards"), "catalog": str(tmp / "catalog.duckdb")}
+    cfg["run"]["partitions"] = 2
+    cfg.pop("schedules", None)
+    path = tmp / "data_catalog.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def vocabulary_of(records: list[dict]) -> list[str]:
+    from dataflux.taxonomy import length_order
+
+    pairs = {(r["language"], " ".join(r["transcript"].split())) for r in records if len(r["transcript"]) <= 200}
+    return [t for _, t in sorted(pairs, key=lambda p: (p[0], *length_order(p[1])))]
+
+
+# ---- without audio ------------------------------------------------------------------------------
+
+def test_word_error_rate_normalises_case_punctuation_and_digits():
+    assert normalise_words("Press 6, then #.") == ["press", "six", "then"]
+    assert word_error_rate("Press 6 to repeat.", "press six to repeat") == 0.0
+    assert word_error_rate("you are now muted", "you are now unmuted") == pytest.approx(0.25)
+    assert word_error_rate("goodbye", "") == 1.0
+
+
+def test_planting_swaps_transcripts_within_a_language_and_flips_gender_deterministically():
+    def items():
+        return [SourceItem("s", f"{lang}{i}", audio_path="x.wav",
+                           labels={"transcript": f"{lang} phrase number {i}", "language": lang,
+                                   "gender": "female" if lang == "en" else "male"})
+                for lang in ("en", "it") for i in range(200)]
+
+    first, again = plant_errors(items(), 0.1, seed=3), plant_errors(items(), 0.1, seed=3)
+    planted = [it for it in first if it.meta.get("planted")]
+    assert 20 <= len(planted) <= 60  # ~10 % of 400
+    assert [it.meta.get("planted") for it in first] == [it.meta.get("planted") for it in again]
+    kinds = {it.meta["planted"]["kind"] for it in planted}
+    assert kinds == {"swap_transcript", "flip_gender"}
+    for it in planted:
+        p = it.meta["planted"]
+        if p["kind"] == "swap_transcript":
+            assert it.labels["transcript"] == p["claimed"] != p["true"]
+            assert p["claimed"].startswith(it.labels["language"])  # a phrase of the same language
+        else:
+            assert it.labels["gender"] == p["claimed"] and {p["claimed"], p["true"]} == {"male", "female"}
+    with pytest.raises(ValueError, match="within 0..1"):
+        plant_errors(items(), 1.5)
+
+
+# ---- measurements on the real speech corpus -----------------------------------------------------
+
+@pytest.mark.slow
+def test_recognizer_confirms_real_transcripts_and_refutes_swapped_ones(speech_corpus):
+    records, packages = speech_corpus
+    assert packages["asterisk-core-sounds-en-wav"] and len(records) > 1000
+    vocab = vocabulary_of(records)
+    clips = ra.subset([r for r in records if len(r["transcript"]) <= 200], 12, seed=4)
+    agree, refuted, female = 0, 0, 0
+    for k, r in enumerate(clips):
+        y, _ = decode_audio(Path(r["file"]).read_bytes(), name=r["file"], target_sr=16000)
+        true = " ".join(r["transcript"].split())
+        same_language = [t for t in vocab if t != true and any(
+            x["language"] == r["language"] and " ".join(x["transcript"].split()) == t for x in clips)]
+        swapped = same_language[k % len(same_language)]
+        facts = measure_facts(y, 16000, ["spoken_text", "speaker_gender"],
+                              {"labels": {**r, "transcript": true}, "vocabularies": {"spoken_text": vocab}})
+        wrong = measure_facts(y, 16000, ["spoken_text"],
+                              {"labels": {**r, "transcript": swapped}, "vocabularies": {"spoken_text": vocab}})
+        agree += facts["spoken_text"] == true
+        refuted += wrong["spoken_text"] == OTHER_WORDS
+        female += r["language"] == "en" and facts["speaker_gender"] == "female"
+    assert agree >= 9, agree  # 86 % on 120 clips
+    assert refuted >= 11, refuted  # 97.5 % on 120 clips
+    assert female >= 5  # all 6 English clips: the English voice (Allison) measures 184-248 Hz
+
+
+# ---- the pipeline on real audio -----------------------------------------------------------------
+
+def run_cli(*args: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "dataflux.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_speech_corpus_with_planted_errors_reports_caught_per_leaf(speech_corpus, tmp_path, monkeypatch):
+    records, _ = speech_corpus
+    clips = ra.subset(records, 16, seed=9)
+    manifest = ra.write_manifest(clips, tmp_path / "speech.jsonl")
+    config = write_config(tmp_path, {"speech": {
+        "kind": "manifest", "path": str(manifest), "fields": FIELDS, "allow_outside_root": True, "license": "CC-BY-SA-3.0 (Asterisk prompts)",
+        "taxonomy": ["Language", "Voice", "Recording"], "seed": 1}})
+    monkeypatch.setenv("DATAFLUX_HOME", str(tmp_path / "home"))
+    summary = json.loads(run_cli("run", "--config", str(config), "--plant-errors", "0.3", "--json", "--quiet",
+                                 cwd=tmp_path))
+    assert summary["status"] == "completed"
+    stats = json.loads(run_cli("stats", summary["version"], "--config", str(config), "--json", cwd=tmp_path))
+
+    # every clip is in the version or rejected with a reason
+    assert sum(stats["items_by_status"].values()) == len(clips)
+    assert stats["planted_errors"] + stats["clean_items"] == len(clips)
+    by_leaf = stats["planted_by_leaf"]
+    swaps = by_leaf["spoken_text"]
+    assert swaps["planted"] >= 2 and swaps["caught"] >= swaps["planted"] - 1, by_leaf
+    assert by_leaf["speaker_gender"]["planted"] >= 1, by_leaf
+    assert stats["clean_rejected"] == 0, stats
+
+    shares = stats["verification_by_leaf"]
+    assert set(shares["spoken_language"]) == {"metadata-only"}  # no packaged language identifier
+    for leaf in ("spoken_text", "speech_pauses", "relative_loudness", "relative_duration"):
+        assert set(shares[leaf]) == {"measured"}, (leaf, shares)
+
+    from dataflux.report import summary_markdown
+    from dataflux.storage.catalog import Catalog
+
+    cat = Catalog(load_config(config).catalog_path, read_only=True)
+    summary_md = summary_markdown(cat, summary["version"])
+    assert "## How each category was verified" in summary_md and "## Planted errors per category" in summary_md
+    assert "| spoken_language | 0 (0.0%) | 0 (0.0%) |" in summary_md
+    _, rows = cat.query("SELECT i.source_id, i.planted->>'claimed', i.planted->>'leaf' FROM items i "
+                        f"WHERE i.version_id = '{summary['version']}' AND i.planted IS NOT NULL")
+    assert rows and all(claimed for _, claimed, _ in rows)
+
+
+@pytest.mark.slow
+def test_sound_event_corpus_keeps_measured_rows_only_when_required(event_corpus, tmp_path):
+    from dataflux.pipeline import process_partition
+
+    records, packages = event_corpus
+    assert packages == {"sound-theme-freedesktop": packages["sound-theme-freedesktop"]} and len(records) >= 15
+    manifest = ra.write_manifest(records, tmp_path / "events.jsonl")
+    source = {"kind": "manifest", "path": str(manifest), "fields": {"file": "file", "id": "id", "label": "label"},
+              "allow_outside_root": True,  # the recordings stay in the package cache
+              "license": "GPL-2.0+ (freedesktop sound theme)",
+              "taxonomy": ["sound_source", "Recording"], "plant_errors": 0.2}
+    config = load_config(write_config(tmp_path, {"events": source, "events_measured": {**source, "require": "measured"}}))
+
+    everything = process_partition(config, "events", 0, 1, "v-events", "run-events")
+    measured = process_partition(config, "events_measured", 0, 1, "v-events", "run-events")
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(everything.shard.path).to_pylist()
+    with_rows = {r["source_id"] for r in rows}
+    too_short = {r.source_id for r in everything.rejects if r.reason == "quality:too_short"}  # bell: 0.14 s
+    assert with_rows | too_short == {r["id"] for r in records} and len(with_rows) >= 12
+    assert not [r for r in everything.rejects if r.reason not in ("quality:too_short", "judge_discard")]
+    levels = {(r["l3"], r["verification"]) for r in rows}
+    assert ("sound_source", "metadata-only") in levels  # a class label no measurement can check
+    assert ("relative_duration", "measured") in levels and ("relative_loudness", "measured") in levels
+    flipped = [i for i in everything.items if i["planted"]]
+    assert flipped and all(json.loads(i["planted"])["leaf"] == "sound_source" for i in flipped)
+
+    kept = pq.read_table(measured.shard.path).to_pylist()
+    assert kept and {r["verification"] for r in kept} == {"measured"}
+    dropped = [r for r in measured.rejects if r.reason == "not_measured"]
+    assert len(kept) + len(dropped) == len(rows)
