@@ -51,7 +51,7 @@ def cmd_demo(args) -> int:
     config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions)
     print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%}); "
           f"state in {config.home}")
-    summary = run_synthesis(config, name="demo", progress=not args.quiet)
+    summary = run_synthesis(config, name="demo", progress=not args.quiet, **_wait_args(args))
     if summary.get("status") != "completed":
         print(f"run {summary['run_id']} did not complete ({summary['status']}); rerun `dataflux demo` to resume",
               file=sys.stderr)
@@ -63,6 +63,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _wait_args(args) -> dict[str, Any]:
+    return {"wait": args.wait, "wait_timeout_s": args.wait_timeout}
+
+
+def _add_wait_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="if another run is writing the same catalog, wait for it instead of refusing")
+    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --wait: give up after this many seconds (default: no limit)")
+
+
 def cmd_run(args) -> int:
     _prefect_env()
     from dataflux.config import load_config
@@ -70,7 +81,8 @@ def cmd_run(args) -> int:
 
     config = load_config(args.config)
     summary = run_synthesis(config, sources=args.source or None, version=args.version, name=args.name,
-                            finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse)
+                            finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse,
+                            **_wait_args(args))
     _print_json(summary) if args.json else print(
         f"{summary['version']}: {summary['status']}, {summary['rows']} rows, {summary['rejects']} rejects"
         + (" (finalized)" if "finalized" in summary else ""))
@@ -92,6 +104,8 @@ def cmd_versions(args) -> int:
 
 def _print_stats(version: str, stats: dict) -> None:
     print(f"\nversion {version} ({stats.get('status', '')}): {stats.get('rows', 0)} samples")
+    if stats.get("shards_verified") is False:
+        print("  shards NOT verified: a draft's files are read as they are; finalize it to check them")
     for key in ("samples_per_category", "rejects_by_reason", "answer_position"):
         if stats.get(key):
             print(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in stats[key].items()))
@@ -145,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-rate", type=float, default=0.1, help="fraction of clips with a planted wrong label")
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--quiet", action="store_true")
+    _add_wait_flags(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run sources of data_catalog.yaml into a version")
@@ -157,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process every source even if its inputs and config did not change")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    _add_wait_flags(p)
     p.set_defaults(func=cmd_run)
 
     # Commands that read the catalog: an optional positional, --config, and --json where it makes sense.
