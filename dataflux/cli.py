@@ -138,6 +138,28 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    """Runs, oldest first. A run recorded `running` while no process holds the catalog's writer lock
+    died without finishing: it is shown as `interrupted` (the next run records it so)."""
+    from dataflux.storage.writer_lock import writer_lock_held
+
+    catalog = _catalog(args, read_only=True)
+    runs = [{"run_id": r, "version_id": v, "status": st, "started_at": s0, "ended_at": s1}
+            for r, v, st, s0, s1 in catalog._fetch(
+                "SELECT run_id, version_id, status, started_at, ended_at FROM runs ORDER BY started_at")]
+    if not writer_lock_held(catalog.path):
+        for run in runs:
+            if run["status"] == "running":
+                run["status"] = "interrupted"
+    if args.json:
+        _print_json(runs)
+        return 0
+    for run in runs:
+        print(f"{run['run_id']:<18} {run['version_id'] or '':<24} {run['status']:<16} "
+              f"started={run['started_at']} ended={run['ended_at'] or '-'}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     problems = _catalog(args, read_only=True).verify(args.version)
     if problems:
@@ -182,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sql", cmd_sql, "a read-only SQL query on the catalog (a `samples` view holds every version's rows)",
          "query", True),
         ("verify", cmd_verify, "check a version's shards against their recorded checksums", "version", False),
+        ("runs", cmd_runs, "list runs and how each ended (interrupted: killed before it finished)", None, True),
     ):
         p = sub.add_parser(name, help=help_)
         if positional:

@@ -115,6 +115,11 @@ def _synthesize(config: Config, config_path: str | None, sources: list[str] | No
     if interrupted:
         logger.warning("runs %s ended without finishing; marked interrupted", ", ".join(interrupted))
     version_id = _open_version(catalog, config, chosen, version, name, states)
+    from dataflux.storage.orphans import remove_orphan_shards
+
+    orphans = remove_orphan_shards(catalog, version_id, config.storage_root, run_id)
+    if orphans:
+        logger.warning("version %s: removed %d uncommitted shard file(s) of ended runs", version_id, len(orphans))
     flow_run_id = _flow_run_id()
     catalog.record_run(run_id, version_id, flow_run_id=flow_run_id)
     n_partitions = int(config.data["run"]["partitions"])

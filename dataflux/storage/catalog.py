@@ -32,11 +32,7 @@ import duckdb
 from dataflux.home import dataflux_home
 from dataflux.storage import integrity
 from dataflux.storage.shards import (
-    ChecksumMismatch,
     ShardInfo,
-    ShardMissing,
-    file_exists,
-    file_sha256,
     read_shard,
     shard_path,
 )
