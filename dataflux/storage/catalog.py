@@ -617,7 +617,13 @@ class Catalog:
 
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
         """Run one read-only statement (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN / PRAGMA)
-        on a read-only connection. Returns (column names, rows)."""
+        on a read-only connection. Returns (column names, rows).
+
+        A statement naming `samples` first has every finalized version's shards checked (cached),
+        before the connection opens: hashing must not keep a writer waiting."""
+        mentions_samples = bool(_SAMPLES_WORD.search(sql))
+        if mentions_samples:
+            self._verify_finalized_shards()
         with self._connect(read_only=True) as con:
             statements = con.extract_statements(sql)
             if len(statements) != 1:
@@ -625,7 +631,7 @@ class Catalog:
             kind = statements[0].type.name
             if kind not in _READ_STATEMENTS:
                 raise CatalogError(f"query is read-only: {kind} statements are refused ({sql[:60]!r})")
-            if _SAMPLES_WORD.search(sql):
+            if mentions_samples:
                 self._register_samples_view(con)
             cur = con.execute(sql, params or [])
             cols = [d[0] for d in cur.description] if cur.description else []
@@ -635,25 +641,31 @@ class Catalog:
         """A temporary `samples` view: every version's rows with a `version_id` column, so that
         `SELECT version_id, l3, count(*) FROM samples GROUP BY ALL` works without listing shards."""
         by_version: dict[str, list[str]] = {}
-        rows = con.execute("SELECT s.version_id, s.partition_key, s.path, s.sha256, v.status FROM shards s "
-                           "JOIN versions v USING (version_id) WHERE s.path IS NOT NULL "
-                           "ORDER BY s.version_id, s.partition_key").fetchall()
-        finalized: dict[str, list[dict[str, Any]]] = {}
-        for vid, key, stored, sha, status in rows:
+        rows = con.execute("SELECT s.version_id, s.path, v.status FROM shards s JOIN versions v USING (version_id) "
+                           "WHERE s.path IS NOT NULL ORDER BY s.version_id, s.partition_key").fetchall()
+        for vid, stored, status in rows:
             path = self._full_path(stored)
-            if status == "finalized":  # every file checked (cached), a damaged one refused
-                finalized.setdefault(vid, []).append({"partition_key": key, "path": path, "sha256": sha})
+            # a finalized version's files were checked by `query`; a draft's missing files are left out
+            if status == "finalized" or "://" in path or os.path.exists(path):
                 by_version.setdefault(vid, []).append(path)
-            elif "://" in path or os.path.exists(path):
-                by_version.setdefault(vid, []).append(path)
-        cache = self._verified_cache()
-        for vid, shards in finalized.items():
-            integrity.raise_first(integrity.check_shards(shards, cache), vid)
         if not by_version:
             return
         parts = [f"SELECT {_sql_str(vid)} AS version_id, * FROM {_read_parquet_sql(paths)}"
                  for vid, paths in by_version.items()]
         con.execute("CREATE OR REPLACE TEMP VIEW samples AS " + " UNION ALL BY NAME ".join(parts))
+
+    def _verify_finalized_shards(self) -> None:
+        """Check every finalized version's shards (cached); raise for the first damaged or missing one."""
+        rows = self._fetch("SELECT s.version_id, s.partition_key, s.path, s.sha256 FROM shards s "
+                           "JOIN versions v USING (version_id) WHERE s.path IS NOT NULL AND v.status = 'finalized' "
+                           "ORDER BY s.version_id, s.partition_key")
+        by_version: dict[str, list[dict[str, Any]]] = {}
+        for vid, key, stored, sha in rows:
+            by_version.setdefault(vid, []).append({"partition_key": key, "path": self._full_path(stored),
+                                                   "sha256": sha})
+        cache = self._verified_cache()
+        for vid, shards in by_version.items():
+            integrity.raise_first(integrity.check_shards(shards, cache), vid)
 
     def samples_relation_sql(self, vid: str, *, require_finalized: bool = False) -> str:
         """`read_parquet([...])` over the version's shards, to use in DuckDB SQL as a table."""
