@@ -51,7 +51,7 @@ def cmd_demo(args) -> int:
     config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions)
     print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%}); "
           f"state in {config.home}")
-    summary = run_synthesis(config, name="demo", progress=not args.quiet)
+    summary = run_synthesis(config, name="demo", progress=not args.quiet, **_wait_args(args))
     if summary.get("status") != "completed":
         print(f"run {summary['run_id']} did not complete ({summary['status']}); rerun `dataflux demo` to resume",
               file=sys.stderr)
@@ -73,6 +73,17 @@ def plant_on_sources(config, names: list[str], rate: float) -> None:
             spec["plant_errors"] = rate
 
 
+def _wait_args(args) -> dict[str, Any]:
+    return {"wait": args.wait, "wait_timeout_s": args.wait_timeout}
+
+
+def _add_wait_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="if another run is writing the same catalog, wait for it instead of refusing")
+    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --wait: give up after this many seconds (default: no limit)")
+
+
 def cmd_run(args) -> int:
     _prefect_env()
     from dataflux.config import load_config
@@ -82,7 +93,8 @@ def cmd_run(args) -> int:
     if args.plant_errors is not None:
         plant_on_sources(config, args.source or list(config.sources), args.plant_errors)
     summary = run_synthesis(config, sources=args.source or None, version=args.version, name=args.name,
-                            finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse)
+                            finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse,
+                            **_wait_args(args))
     _print_json(summary) if args.json else print(
         f"{summary['version']}: {summary['status']}, {summary['rows']} rows, {summary['rejects']} rejects"
         + (" (finalized)" if "finalized" in summary else ""))
@@ -104,6 +116,8 @@ def cmd_versions(args) -> int:
 
 def _print_stats(version: str, stats: dict) -> None:
     print(f"\nversion {version} ({stats.get('status', '')}): {stats.get('rows', 0)} samples")
+    if stats.get("shards_verified") is False:
+        print("  shards NOT verified: a draft's files are read as they are; finalize it to check them")
     for key in ("samples_per_category", "rejects_by_reason", "answer_position"):
         if stats.get(key):
             print(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in stats[key].items()))
@@ -147,6 +161,28 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    """Runs, oldest first. A run recorded `running` while no process holds the catalog's writer lock
+    died without finishing: it is shown as `interrupted` (the next run records it so)."""
+    from dataflux.storage.writer_lock import writer_lock_held
+
+    catalog = _catalog(args, read_only=True)
+    runs = [{"run_id": r, "version_id": v, "status": st, "started_at": s0, "ended_at": s1}
+            for r, v, st, s0, s1 in catalog._fetch(
+                "SELECT run_id, version_id, status, started_at, ended_at FROM runs ORDER BY started_at")]
+    if not writer_lock_held(catalog.path):
+        for run in runs:
+            if run["status"] == "running":
+                run["status"] = "interrupted"
+    if args.json:
+        _print_json(runs)
+        return 0
+    for run in runs:
+        print(f"{run['run_id']:<18} {run['version_id'] or '':<24} {run['status']:<16} "
+              f"started={run['started_at']} ended={run['ended_at'] or '-'}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     problems = _catalog(args, read_only=True).verify(args.version)
     if problems:
@@ -168,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-rate", type=float, default=0.1, help="fraction of clips with a planted wrong label")
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--quiet", action="store_true")
+    _add_wait_flags(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run sources of data_catalog.yaml into a version")
@@ -183,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "label); stats then say how many the loop caught")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    _add_wait_flags(p)
     p.set_defaults(func=cmd_run)
 
     # Commands that read the catalog: an optional positional, --config, and --json where it makes sense.
@@ -192,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sql", cmd_sql, "a read-only SQL query on the catalog (a `samples` view holds every version's rows)",
          "query", True),
         ("verify", cmd_verify, "check a version's shards against their recorded checksums", "version", False),
+        ("runs", cmd_runs, "list runs and how each ended (interrupted: killed before it finished)", None, True),
     ):
         p = sub.add_parser(name, help=help_)
         if positional:

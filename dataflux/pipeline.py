@@ -92,7 +92,7 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     from dataflux.backends import build_steps
     from dataflux.steps.filter import FilterConfig, dedupe, quality_reject, rebalance_positions
     from dataflux.storage.row_schema import row_content_sha256
-    from dataflux.storage.shards import shard_path, write_shard
+    from dataflux.storage.shards import shard_path, unique_tag, write_shard
     from dataflux.taxonomy import load_taxonomy
 
     key = partition_key(source_name, partition, n_partitions)
@@ -216,15 +216,18 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
         row["run_id"] = run_id
         row["code_version"] = version
         row["row_sha256"] = row_content_sha256(row)
-        per_clip_rows[row["audio_sha256"]] = per_clip_rows.get(row["audio_sha256"], 0) + 1
+        clip_key = (row["source"], row["source_id"])
+        per_clip_rows[clip_key] = per_clip_rows.get(clip_key, 0) + 1
     rows.sort(key=lambda r: r["sample_id"])
     for clip in clips:
-        n = per_clip_rows.get(clip.audio_sha256, 0)
+        # By the clip's own id, not its audio hash: a copy of another clip's file whose rows were all
+        # dropped as duplicates holds nothing in the version and must not be `kept`.
+        n = per_clip_rows.get((clip.item.source, clip.item.source_id), 0)
         items.append(_ledger(clip.item.source, clip.item.source_id, clip.audio_sha256,
                              "kept" if n else "no_rows", clip.item.meta.get("planted"), n))
     shard = None
     if rows:
-        shard = write_shard(rows, shard_path(config.storage_root, version_id, key))
+        shard = write_shard(rows, shard_path(config.storage_root, version_id, key, tag=unique_tag(run_id)))
     counts["rows"] = len(rows)
     counts["rejects"] = len(rejects)
     counts.update({f"loop_{k}": int(v) for k, v in loop_stats.counts.items()})

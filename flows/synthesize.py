@@ -9,6 +9,7 @@ in flight and a rerun (same config, same version) redoes only those.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from typing import Any
 
@@ -51,14 +52,28 @@ def resolve_config(config_path: str | None, demo_size: int | None = None) -> Con
 
 def run_synthesis(config: Config, *, sources: list[str] | None = None, version: str | None = None,
                   name: str | None = None, finalize: bool = True, progress: bool = False,
-                  max_partitions: int | None = None, reuse: bool = True) -> dict[str, Any]:
+                  max_partitions: int | None = None, reuse: bool = True, wait: bool = False,
+                  wait_timeout_s: float | None = None) -> dict[str, Any]:
     """Build (or resume) a version from `sources` and finalize it. Runs as the `synthesize` flow.
-    `reuse=False` processes every source even when an earlier version holds it unchanged."""
+    `reuse=False` processes every source even when an earlier version holds it unchanged.
+
+    The catalog's writer lock is taken before the flow starts, so a second run on the same catalog
+    is refused at once (`CatalogBusy`, naming the holder), or with `wait=True` waits for the first
+    (at most `wait_timeout_s`)."""
+    from dataflux.storage.writer_lock import writer_lock
+
     runner = task_runner_for(config)
     flow_fn = synthesize_flow.with_options(task_runner=runner)
-    return flow_fn(config_data=_raw(config), config_path=str(config.path) if config.path else None,
-                   sources=sources, version=version, name=name, finalize=finalize, progress=progress,
-                   max_partitions=max_partitions, reuse=reuse)
+    run_id = new_run_id()
+    with writer_lock(config.catalog_path, run_id, wait=wait, timeout_s=wait_timeout_s,
+                     notify=lambda msg: print(msg, file=sys.stderr, flush=True)):
+        return flow_fn(config_data=_raw(config), config_path=str(config.path) if config.path else None,
+                       sources=sources, version=version, name=name, finalize=finalize, progress=progress,
+                       max_partitions=max_partitions, reuse=reuse, run_id=run_id)
+
+
+def new_run_id() -> str:
+    return f"run-{uuid.uuid4().hex[:12]}"
 
 
 def _raw(config: Config) -> dict:
@@ -68,14 +83,27 @@ def _raw(config: Config) -> dict:
 @flow(name="synthesize", log_prints=True)
 def synthesize_flow(config_data: dict, config_path: str | None = None, sources: list[str] | None = None,
                     version: str | None = None, name: str | None = None, finalize: bool = True,
-                    progress: bool = False, max_partitions: int | None = None, reuse: bool = True) -> dict[str, Any]:
+                    progress: bool = False, max_partitions: int | None = None, reuse: bool = True,
+                    run_id: str | None = None) -> dict[str, Any]:
     """`reuse`: commit unchanged sources' partitions from an earlier finalized version instead of
-    processing them again (dataflux.incremental)."""
+    processing them again (dataflux.incremental). The run holds the catalog's writer lock throughout
+    (taken here unless `run_synthesis` already holds it for `run_id`)."""
+    from dataflux.storage.writer_lock import writer_lock
+
+    config = config_from_dict(config_data, origin=config_path or "<flow parameters>")
+    run_id = run_id or new_run_id()
+    with writer_lock(config.catalog_path, run_id):
+        return _synthesize(config, config_path, sources, version, name, finalize, progress, max_partitions,
+                           reuse, run_id)
+
+
+def _synthesize(config: Config, config_path: str | None, sources: list[str] | None, version: str | None,
+                name: str | None, finalize: bool, progress: bool, max_partitions: int | None, reuse: bool,
+                run_id: str) -> dict[str, Any]:
     from dataflux.incremental import reuse_unchanged_sources, source_states
     from dataflux.storage.catalog import Catalog
 
     logger = get_run_logger()
-    config = config_from_dict(config_data, origin=config_path or "<flow parameters>")
     chosen = sources or list(config.sources)
     unknown = [s for s in chosen if s not in config.sources]
     if unknown:
@@ -83,8 +111,15 @@ def synthesize_flow(config_data: dict, config_path: str | None = None, sources: 
     use_object_store(config)
     catalog = Catalog(config.catalog_path)
     states = source_states(config, chosen)
+    interrupted = catalog.mark_interrupted_runs(except_run_id=run_id)  # we hold the lock: they are dead
+    if interrupted:
+        logger.warning("runs %s ended without finishing; marked interrupted", ", ".join(interrupted))
     version_id = _open_version(catalog, config, chosen, version, name, states)
-    run_id = f"run-{uuid.uuid4().hex[:12]}"
+    from dataflux.storage.orphans import remove_orphan_shards
+
+    orphans = remove_orphan_shards(catalog, version_id, config.storage_root, run_id)
+    if orphans:
+        logger.warning("version %s: removed %d uncommitted shard file(s) of ended runs", version_id, len(orphans))
     flow_run_id = _flow_run_id()
     catalog.record_run(run_id, version_id, flow_run_id=flow_run_id)
     n_partitions = int(config.data["run"]["partitions"])

@@ -51,6 +51,7 @@ def _commit(cat: Catalog, root, vid: str, key: str, rows: list[dict], rejects=()
 
 
 def _flip_byte(path: str) -> None:
+    os.chmod(path, 0o644)  # shards are written read-only; tampering starts by undoing that
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.seek(size // 2)

@@ -133,6 +133,7 @@ def test_report_copy_refuses_a_tampered_shard(tmp_path):
     path = Path(catalog.shards(vid)[0]["path"])
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF
+    path.chmod(0o644)  # shards are written read-only
     path.write_bytes(bytes(data))
     with pytest.raises(ChecksumMismatch):
         write_report(catalog, vid, tmp_path / "out", copy_shards=True)

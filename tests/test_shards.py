@@ -20,6 +20,7 @@ from dataflux.storage.shards import (
     ChecksumMismatch,
     RowSchemaError,
     ShardError,
+    ShardExists,
     ShardMissing,
     file_sha256,
     read_shard,
@@ -34,6 +35,7 @@ def _rows(n: int, **kw) -> list[dict]:
 
 
 def _flip_byte(path: str, offset: int) -> None:
+    os.chmod(path, 0o644)  # shards are written read-only; tampering starts by undoing that
     with open(path, "r+b") as f:
         f.seek(offset)
         b = f.read(1)
@@ -58,13 +60,14 @@ def test_shard_round_trip_keeps_rows_schema_and_checksum(tmp_path):
     assert os.listdir(tmp_path / "v1") == ["p0.parquet"]  # no temporary file left behind
 
 
-def test_rewriting_a_shard_replaces_it_whole(tmp_path):
+def test_a_written_shard_is_read_only_and_never_rewritten(tmp_path):
     path = str(tmp_path / "p0.parquet")
     first = write_shard(_rows(2), path)
-    second = write_shard(_rows(4), path)
-    assert second.sha256 != first.sha256
-    assert read_shard(path, second.sha256).num_rows == 4
-    assert sorted(os.listdir(tmp_path)) == ["p0.parquet"]
+    assert os.stat(path).st_mode & 0o222 == 0
+    with pytest.raises(ShardExists, match="never rewritten"):
+        write_shard(_rows(4), path)
+    assert read_shard(path, first.sha256).num_rows == 2
+    assert sorted(os.listdir(tmp_path)) == ["p0.parquet"]  # no temporary file left behind
 
 
 def test_read_shard_detects_a_flipped_byte(tmp_path):

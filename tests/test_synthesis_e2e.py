@@ -97,6 +97,7 @@ def test_tampered_shard_is_detected_by_verify_and_refused_on_read(demo_version, 
     env_home = {"DATAFLUX_HOME": str(copy)}
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
+    victim.chmod(0o644)  # shards are written read-only
     victim.write_bytes(bytes(data))
     proc = subprocess.run([sys.executable, "-m", "dataflux.cli", "verify", summary["version"]],
                           capture_output=True, text=True, cwd=ROOT, env={**_env(), **env_home}, timeout=120)

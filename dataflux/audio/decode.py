@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -87,7 +88,7 @@ def _read_soundfile(data: bytes, *, name: str, max_seconds: float) -> tuple[np.n
     try:
         f = sf.SoundFile(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise _NotSoundfile(str(e)) from e
+        raise _NotSoundfile(_decoder_message(e)) from e
     with f:
         sr = int(f.samplerate)
         # Compressed formats (MP3) may report an estimate; it is still good enough to refuse early.
@@ -96,8 +97,20 @@ def _read_soundfile(data: bytes, *, name: str, max_seconds: float) -> tuple[np.n
         try:
             y = f.read(dtype="float32", always_2d=True)  # (T, C)
         except (sf.LibsndfileError, RuntimeError) as e:
-            raise BadAudio("unreadable", f"{name}: decoding failed after a valid header ({e})") from e
+            raise BadAudio("unreadable", f"{name}: decoding failed after a valid header "
+                                         f"({_decoder_message(e)})") from e
     return y, sr
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _decoder_message(e: Exception) -> str:
+    """A decoder's error without the repr of the in-memory file it was given
+    (`Error opening <_io.BytesIO object at 0x7f...>`), which differs on every run: reject details
+    must be the same each time the same file is rejected."""
+    text = getattr(e, "error_string", None) or str(e)
+    return _OBJECT_REPR.sub("the audio bytes", text).strip()
 
 
 def _read_audioread(data: bytes, *, name: str, max_seconds: float, first_error: str) -> tuple[np.ndarray, int]:
@@ -129,9 +142,10 @@ def _read_audioread(data: bytes, *, name: str, max_seconds: float, first_error: 
         except BadAudio:
             raise
         except Exception as e:  # audioread raises backend-specific errors (NoBackendError, DecodeError...)
+            why = _decoder_message(e).replace(tmp, "the audio bytes")
             raise BadAudio(
                 "unreadable",
-                f"{name}: not decodable audio (libsndfile: {first_error}; audioread: {type(e).__name__} {e})",
+                f"{name}: not decodable audio (libsndfile: {first_error}; audioread: {type(e).__name__} {why})",
             ) from e
     finally:
         os.unlink(tmp)

@@ -30,12 +30,9 @@ from typing import Any, Iterator
 import duckdb
 
 from dataflux.home import dataflux_home
+from dataflux.storage import integrity
 from dataflux.storage.shards import (
-    ChecksumMismatch,
     ShardInfo,
-    ShardMissing,
-    file_exists,
-    file_sha256,
     read_shard,
     shard_path,
 )
@@ -451,6 +448,19 @@ class Catalog:
             con.execute("UPDATE runs SET ended_at = ?, status = ?, counts = coalesce(?, counts) WHERE run_id = ?",
                         [_now(), status, _json_text(counts, f"run {run_id}: counts"), run_id])
 
+    def mark_interrupted_runs(self, except_run_id: str | None = None) -> list[str]:
+        """Mark every run still `running` (other than `except_run_id`) as `interrupted`; returns their ids.
+
+        Call it only while holding the writer lock (`dataflux.storage.writer_lock`): a run holds the
+        lock for its whole life, so a run still `running` when another holds it has died."""
+        with self._transaction() as con:
+            ids = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'running' AND run_id <> ?",
+                                             [except_run_id or ""]).fetchall()]
+            if ids:
+                con.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND run_id <> ?",
+                            [except_run_id or ""])
+        return ids
+
     def get_run(self, run_id: str) -> dict[str, Any]:
         with self._connect() as con:
             cur = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
@@ -503,25 +513,18 @@ class Catalog:
             con.execute("UPDATE versions SET status = 'finalized', finalized_at = ?, manifest_sha256 = ?, "
                         "content_sha256 = ?, n_rows = ? WHERE version_id = ?",
                         [_now(), manifest, content, len(pairs), vid])
+        integrity.make_read_only(s["path"] for s in shards)
         return self.get_version(vid)
 
-    def verify(self, vid: str) -> list[dict[str, Any]]:
+    def verify(self, vid: str, *, cached: bool = False) -> list[dict[str, Any]]:
         """Problems with the version's files: [{partition_key, path, problem, expected, actual}], where
-        problem is `missing`, `sha256_mismatch` or (finalized versions) `manifest_mismatch`. Empty: all good."""
+        problem is `missing`, `sha256_mismatch` or (finalized versions) `manifest_mismatch`. Empty: all good.
+
+        `cached=True` skips hashing a file unchanged (size, mtime, ctime, inode) since it last matched
+        (`dataflux.storage.integrity`); `dataflux verify` always hashes everything."""
         version = self.get_version(vid)
         shards = self.shards(vid)
-        problems = []
-        for s in shards:
-            if s["path"] is None:
-                continue
-            if not file_exists(s["path"]):
-                problems.append({"partition_key": s["partition_key"], "path": s["path"], "problem": "missing",
-                                 "expected": s["sha256"], "actual": None})
-                continue
-            actual = file_sha256(s["path"])
-            if actual != s["sha256"]:
-                problems.append({"partition_key": s["partition_key"], "path": s["path"],
-                                 "problem": "sha256_mismatch", "expected": s["sha256"], "actual": actual})
+        problems = integrity.check_shards(shards, self._verified_cache() if cached else None)
         if version["status"] == "finalized":
             actual = manifest_sha256([(s["partition_key"], s["sha256"], s["rows"]) for s in shards])
             if actual != version["manifest_sha256"]:
@@ -541,18 +544,16 @@ class Catalog:
                 f"version {vid} is a draft: its content may still change. Finalize it first "
                 f"(Catalog.finalize({vid!r})), or pass require_finalized=False to read a draft knowingly")
         if verify:
-            problems = self.verify(vid)
-            if problems:
-                first = problems[0]
-                hint = (f"{len(problems)} problem(s) in version {vid}: "
-                        + "; ".join(f"{p['path']}: {p['problem']}" for p in problems[:5])
-                        + ". Restore the files or rebuild the version; do not train on it as is.")
-                if first["problem"] == "missing":
-                    err = ShardMissing(first["path"], first["expected"])
-                    err.args = (str(err) + " " + hint,)
-                    raise err
-                raise ChecksumMismatch(first["path"], first["expected"], first["actual"], hint=hint)
+            problems = self.verify(vid, cached=True)
+            if problems and problems[0]["problem"] == "manifest_mismatch":
+                raise CatalogError(f"version {vid}: its shard list no longer hashes to the recorded manifest "
+                                   f"({problems[0]['actual']} != {problems[0]['expected']}); the catalog was "
+                                   "edited after finalizing: rebuild the version")
+            integrity.raise_first(problems, vid)
         return [s["path"] for s in self.shards(vid) if s["path"] is not None]
+
+    def _verified_cache(self) -> integrity.VerifiedCache:
+        return integrity.VerifiedCache(integrity.cache_path(self.path))
 
     # --- model-call cache -----------------------------------------------------------------------
 
@@ -622,9 +623,15 @@ class Catalog:
         """Run one read-only statement (SELECT / WITH / DESCRIBE / SHOW / SUMMARIZE / EXPLAIN / PRAGMA)
         on a read-only connection sealed by dataflux.storage.sql_sandbox: it reads the catalog's
         tables and the version shards, nothing else. Returns (column names, rows); raises
-        `QueryRefused` (one line) for a refused or failing statement."""
+        `QueryRefused` (one line) for a refused or failing statement.
+
+        A statement naming `samples` first has every finalized version's shards checked (cached),
+        before the connection opens: hashing must not keep a writer waiting."""
         from dataflux.storage.sql_sandbox import refusal_message, seal
 
+        mentions_samples = bool(_SAMPLES_WORD.search(sql))
+        if mentions_samples:
+            self._verify_finalized_shards()
         with self._connect(read_only=True) as con:
             try:
                 statements = con.extract_statements(sql)
@@ -635,7 +642,7 @@ class Catalog:
             kind = statements[0].type.name
             if kind not in _READ_STATEMENTS:
                 raise QueryRefused(f"query is read-only: {kind} statements are refused ({sql[:60]!r})")
-            shard_files = self._register_samples_view(con)
+            shard_files = self._register_samples_view(con, create=mentions_samples)
             seal(con, shard_files)
             try:
                 cur = con.execute(sql, params or [])
@@ -644,27 +651,42 @@ class Catalog:
             except duckdb.Error as e:
                 raise QueryRefused(refusal_message(e)) from None
 
-    def _register_samples_view(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+    def _register_samples_view(self, con: duckdb.DuckDBPyConnection, *, create: bool = True) -> list[str]:
         """A temporary `samples` view: every version's rows with a `version_id` column, so that
         `SELECT version_id, l3, count(*) FROM samples GROUP BY ALL` works without listing shards.
         Returns the paths of all the catalog's shard files (the ones a sealed query may read)."""
         by_version: dict[str, list[str]] = {}
-        rows = con.execute("SELECT version_id, path FROM shards WHERE path IS NOT NULL "
-                           "ORDER BY version_id, partition_key").fetchall()
-        every = [self._full_path(stored) for _, stored in rows]
-        for (vid, _), path in zip(rows, every):
-            if "://" in path or os.path.exists(path):
+        rows = con.execute("SELECT s.version_id, s.path, v.status FROM shards s JOIN versions v USING (version_id) "
+                           "WHERE s.path IS NOT NULL ORDER BY s.version_id, s.partition_key").fetchall()
+        every = [self._full_path(stored) for _, stored, _ in rows]
+        for (vid, _, status), path in zip(rows, every):
+            # a finalized version's files were checked by `query`; a draft's missing files are left out
+            if status == "finalized" or "://" in path or os.path.exists(path):
                 by_version.setdefault(vid, []).append(path)
-        if not by_version:
+        if not by_version or not create:
             return every
         parts = [f"SELECT {_sql_str(vid)} AS version_id, * FROM {_read_parquet_sql(paths)}"
                  for vid, paths in by_version.items()]
         con.execute("CREATE OR REPLACE TEMP VIEW samples AS " + " UNION ALL BY NAME ".join(parts))
         return every
 
+    def _verify_finalized_shards(self) -> None:
+        """Check every finalized version's shards (cached); raise for the first damaged or missing one."""
+        rows = self._fetch("SELECT s.version_id, s.partition_key, s.path, s.sha256 FROM shards s "
+                           "JOIN versions v USING (version_id) WHERE s.path IS NOT NULL AND v.status = 'finalized' "
+                           "ORDER BY s.version_id, s.partition_key")
+        by_version: dict[str, list[dict[str, Any]]] = {}
+        for vid, key, stored, sha in rows:
+            by_version.setdefault(vid, []).append({"partition_key": key, "path": self._full_path(stored),
+                                                   "sha256": sha})
+        cache = self._verified_cache()
+        for vid, shards in by_version.items():
+            integrity.raise_first(integrity.check_shards(shards, cache), vid)
+
     def samples_relation_sql(self, vid: str, *, require_finalized: bool = False) -> str:
         """`read_parquet([...])` over the version's shards, to use in DuckDB SQL as a table."""
-        paths = self.shard_paths(vid, require_finalized=require_finalized, verify=False)
+        finalized = self.get_version(vid)["status"] == "finalized"
+        paths = self.shard_paths(vid, require_finalized=require_finalized, verify=finalized)
         if not paths:
             raise CatalogError(f"version {vid} has no shards with rows yet")
         return _read_parquet_sql(paths)
@@ -683,9 +705,11 @@ class Catalog:
         planted_caught_discarded: no row asks about the leaf; planted_caught_corrected: rows ask and
         answer otherwise), clean_items, clean_rejected (clean items of a planted source with no row).
         """
-        paths = self.shard_paths(vid, require_finalized=False, verify=False)
+        status = self.get_version(vid)["status"]
+        # A finalized version's files are checked (cached) before anything is read; a draft's are not.
+        paths = self.shard_paths(vid, require_finalized=False, verify=status == "finalized")
         rel = _read_parquet_sql(paths) if paths else _EMPTY_SAMPLES
-        out: dict[str, Any] = {"version_id": vid, "status": self.get_version(vid)["status"]}
+        out: dict[str, Any] = {"version_id": vid, "status": status, "shards_verified": status == "finalized"}
         with self._connect(read_only=True) as con:
 
             def one(sql: str, params: list[Any] | None = None) -> tuple:
@@ -750,6 +774,10 @@ def _questions_per_clip(histogram: list[tuple[int, int]]) -> dict[str, Any]:
         return {"mean": 0.0, "min": 0, "max": 0, "histogram": {}}
     return {"mean": sum(n * c for n, c in histogram) / clips, "min": histogram[0][0], "max": histogram[-1][0],
             "histogram": {int(n): c for n, c in histogram}}
+
+
+# A query that names the `samples` view gets it (and the checks of its finalized shards); others do not.
+_SAMPLES_WORD = re.compile(r"\bsamples\b", re.IGNORECASE)
 
 
 def _read_parquet_sql(paths: list[str]) -> str:

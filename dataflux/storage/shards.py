@@ -6,8 +6,10 @@ features in its metadata). Paths are local (`./x.parquet`, `/abs/x.parquet`) or 
 also pass a pyarrow filesystem, or an fsspec one, explicitly.
 
 Atomicity: on a local disk the file is written under a temporary name in the same directory,
-fsynced, then renamed over the target, so a reader never sees half a shard. Object stores have no
-rename; there the object is uploaded in one put and then read back and checksummed.
+fsynced, made read-only, then linked to its name, so a reader never sees half a shard. A shard is
+written once: a write whose target already exists is refused (`ShardExists`), so a committed or
+finalized file is never replaced. Object stores have no rename; there the object is uploaded in one
+put and then read back and checksummed.
 """
 
 from __future__ import annotations
@@ -115,12 +117,21 @@ def _display_path(path: str, filesystem: Any) -> str:
     return path
 
 
-def shard_path(root: str | os.PathLike[str], version_id: str, partition_key: str) -> str:
-    """`<root>/<version_id>/<partition_key>.parquet`; `root` may be a local directory or a URI."""
+def shard_path(root: str | os.PathLike[str], version_id: str, partition_key: str, tag: str | None = None) -> str:
+    """`<root>/<version_id>/<partition_key>[.<tag>].parquet`; `root` may be a local directory or a URI.
+
+    A run passes a `tag` no other run can produce (its run id and a random token, `unique_tag`), so two
+    runs, or two attempts of one partition, never write the same file."""
     root = os.fspath(root)
+    name = f"{partition_key}.{tag}.parquet" if tag else f"{partition_key}.parquet"
     if "://" in root:
-        return f"{root.rstrip('/')}/{version_id}/{partition_key}.parquet"
-    return os.path.join(os.path.abspath(root), version_id, f"{partition_key}.parquet")
+        return f"{root.rstrip('/')}/{version_id}/{name}"
+    return os.path.join(os.path.abspath(root), version_id, name)
+
+
+def unique_tag(run_id: str) -> str:
+    """A file-name tag for one shard write of run `run_id`: the run id and a random token."""
+    return f"{run_id}.{uuid.uuid4().hex[:8]}"
 
 
 # --- rows -> table ------------------------------------------------------------------------------
@@ -234,21 +245,44 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+class ShardExists(ShardError, FileExistsError):
+    """A shard file is already at the target path: shards are written once and never rewritten."""
+
+    def __init__(self, path: str):
+        super().__init__(f"{path}: a shard already exists at this path and shards are never rewritten; "
+                         "write under a new name (shard_path(..., tag=unique_tag(run_id)))")
+
+
 def _write_local_atomic(path: str, data: bytes) -> None:
+    """Write to a temporary name, fsync, make it read-only, then link it into place; the link fails
+    when `path` exists, so an existing shard is never replaced."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
+    if os.path.lexists(path):
+        raise ShardExists(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        os.chmod(tmp, 0o444)
+        _link_no_replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
             os.remove(tmp)
-        raise
     _fsync_dir(directory)
+
+
+def _link_no_replace(tmp: str, path: str) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ShardExists(path) from None
+    except OSError:  # a filesystem without hard links: check, then rename
+        if os.path.lexists(path):
+            raise ShardExists(path) from None
+        os.rename(tmp, path)
 
 
 def write_shard(rows: list[dict[str, Any]], path: str, *, filesystem: Any = None) -> ShardInfo:
@@ -268,6 +302,8 @@ def write_shard(rows: list[dict[str, Any]], path: str, *, filesystem: Any = None
     if _is_local(fs):
         _write_local_atomic(inner, data)
     else:
+        if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+            raise ShardExists(shown)
         parent = inner.rsplit("/", 1)[0] if "/" in inner else ""
         if parent:
             fs.create_dir(parent, recursive=True)
