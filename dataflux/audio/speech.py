@@ -7,7 +7,7 @@
   median WER 1.12 on 20 English Asterisk prompts). English words come from the model's dictionary;
   Italian words are spelled onto the same phones (`italian_phones`). Other languages: None
   (unverified).
-- `voiced_f0(y, sr)`: median fundamental of the voiced, loud frames (`yin_f0`, numpy YIN), the
+- `voiced_f0(y, sr)`: median fundamental of the voiced, loud frames (`yin_f0`: librosa's YIN), the
   number `speaker_gender` is decided from.
 - `normalise_words(text)`: the standard normaliser both sides of a word comparison go through
   (lower case, digits spelled out, punctuation dropped); `word_error_rate(ref, hyp)` on top.
@@ -138,45 +138,19 @@ def recognise_among(y: np.ndarray, sr: int, phrases: Sequence[str], language: st
 
 def yin_f0(y: np.ndarray, sr: int, fmin: float, fmax: float, frame: int = 1024, hop: int = 256,
            threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """YIN pitch (de Cheveigne & Kawahara 2002) per frame, in numpy: (f0 Hz (F,), frame rms (F,)).
+    """YIN pitch per frame (librosa's), with each frame's rms: (f0 Hz (F,), rms (F,)).
 
-    The difference function comes from one FFT autocorrelation per frame; the period is the
-    first dip of the cumulative-mean-normalised difference under `threshold` (else its minimum),
-    refined by a parabola. Unvoiced frames still get a value (their minimum): callers gate them.
+    Unvoiced frames still get a value (YIN's best lag): callers gate them by loudness and range.
     """
-    n = 1 + (y.shape[0] - frame) // hop
-    if n <= 0:
+    import librosa
+
+    if y.shape[0] < frame:
         return np.zeros(0), np.zeros(0)
-    idx = np.arange(n)[:, None] * hop + np.arange(frame)[None, :]
-    x = y[idx].astype(np.float64)  # (F, W)
-    w = frame // 2  # integration window; lags up to frame - w
-    tau_min, tau_max = max(2, int(sr / fmax)), min(w - 1, int(sr / fmin) + 1)
-    nfft = 1 << int(np.ceil(np.log2(2 * frame)))
-    spec = np.fft.rfft(x, nfft, axis=1)
-    head = np.fft.rfft(x[:, :w], nfft, axis=1)
-    corr = np.fft.irfft(spec * np.conj(head), nfft, axis=1)[:, : w]  # sum_j x_j x_{j+tau}, j < w
-    sq = np.cumsum(np.concatenate([np.zeros((n, 1)), x ** 2], axis=1), axis=1)
-    energy0 = sq[:, w][:, None]
-    taus = np.arange(w)
-    energy_tau = sq[:, taus + w] - sq[:, taus]
-    diff = energy0 + energy_tau - 2 * corr
-    diff[:, 0] = 0.0
-    cmnd = diff[:, 1:] * np.arange(1, w) / np.maximum(np.cumsum(diff[:, 1:], axis=1), 1e-12)
-    cmnd = np.concatenate([np.ones((n, 1)), cmnd], axis=1)
-    band = cmnd[:, tau_min:tau_max]
-    below = band < threshold
-    # the first lag under the threshold, then walk to the bottom of that dip
-    first = np.where(below.any(axis=1), below.argmax(axis=1), band.argmin(axis=1))
-    periods = np.empty(n)
-    for i in range(n):
-        k = first[i]
-        while k + 1 < band.shape[1] and band[i, k + 1] < band[i, k]:
-            k += 1
-        a, b, c = (band[i, k - 1], band[i, k], band[i, k + 1]) if 0 < k < band.shape[1] - 1 else (0, 0, 0)
-        den = a - 2 * b + c
-        periods[i] = tau_min + k + (0.5 * (a - c) / den if den > 0 else 0.0)
-    rms = np.sqrt(np.mean(x ** 2, axis=1))
-    return sr / periods, rms
+    f0 = librosa.yin(y, fmin=fmin, fmax=fmax, sr=sr, frame_length=frame, hop_length=hop,
+                     trough_threshold=threshold, center=False)
+    rms = librosa.feature.rms(y=y, frame_length=frame, hop_length=hop, center=False)[0]
+    n = min(f0.shape[0], rms.shape[0])
+    return f0[:n].astype(np.float64), rms[:n].astype(np.float64)
 
 
 def voiced_f0(y: np.ndarray, sr: int) -> dict[str, float] | None:
