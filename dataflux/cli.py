@@ -49,9 +49,13 @@ def cmd_demo(args) -> int:
     from flows.synthesize import run_synthesis
 
     config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions)
-    print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%}); "
-          f"state in {config.home}")
-    summary = run_synthesis(config, name="demo", progress=not args.quiet)
+    if args.unverified:
+        from flows.synthesize import unverified
+
+        config = unverified(config)
+    print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%})"
+          f"{', verification off' if args.unverified else ''}; state in {config.home}")
+    summary = run_synthesis(config, name="demo-unverified" if args.unverified else "demo", progress=not args.quiet)
     if summary.get("status") != "completed":
         print(f"run {summary['run_id']} did not complete ({summary['status']}); rerun `dataflux demo` to resume",
               file=sys.stderr)
@@ -69,6 +73,10 @@ def cmd_run(args) -> int:
     from flows.synthesize import run_synthesis
 
     config = load_config(args.config)
+    if args.unverified:
+        from flows.synthesize import unverified
+
+        config = unverified(config)
     summary = run_synthesis(config, sources=args.source or None, version=args.version, name=args.name,
                             finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse)
     _print_json(summary) if args.json else print(
@@ -86,12 +94,15 @@ def cmd_versions(args) -> int:
         print("no versions yet: run `dataflux demo` or `dataflux run`")
     for v in versions:
         print(f"{v['version_id']:<28} {v['status']:<10} rows={v.get('n_rows') or 0:<7} "
-              f"rejects={v.get('n_rejects', 0):<6} created={v.get('created_at')}")
+              f"rejects={v.get('n_rejects', 0):<6} created={v.get('created_at')}"
+              + (" UNVERIFIED" if (v.get("notes") or {}).get("verified") is False else ""))
     return 0
 
 
 def _print_stats(version: str, stats: dict) -> None:
-    print(f"\nversion {version} ({stats.get('status', '')}): {stats.get('rows', 0)} samples")
+    print(f"\nversion {version} ({stats.get('status', '')}"
+          f"{', UNVERIFIED: questions kept as written' if stats.get('verified') is False else ''}): "
+          f"{stats.get('rows', 0)} samples")
     for key in ("samples_per_category", "rejects_by_reason", "answer_position"):
         if stats.get(key):
             print(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in stats[key].items()))
@@ -144,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--error-rate", type=float, default=0.1, help="fraction of clips with a planted wrong label")
     p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--unverified", action="store_true",
+                   help="build the unverified twin: first questions kept as written, no judge or correction")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -155,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-finalize", action="store_true")
     p.add_argument("--no-reuse", action="store_true",
                    help="process every source even if its inputs and config did not change")
+    p.add_argument("--unverified", action="store_true",
+                   help="verification off (loop.verify: false): the unverified twin of the version")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)

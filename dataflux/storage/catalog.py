@@ -655,9 +655,9 @@ class Catalog:
     def stats(self, vid: str) -> dict[str, Any]:
         """Figures for a version, computed by DuckDB over its shards and catalog tables (drafts too).
 
-        Keys: version_id, status, rows, clips, samples_per_category (l3 -> rows), duration_s (min_s,
-        max_s, mean_s, median_s over rows; total_clip_s over distinct clips), rejects_by_reason
-        ("stage/reason" -> n), items_by_status, answer_position (answer_index -> rows), per_step
+        Keys: version_id, status, verified (False for an unverified twin), rows, clips, samples_per_category
+        (l3 -> rows), duration_s (min_s, max_s, mean_s, median_s over rows; total_clip_s over distinct
+        clips), rejects_by_reason ("stage/reason" -> n), items_by_status, answer_position (answer_index -> rows), per_step
         (step -> n_calls, tokens_in, tokens_out, cost_usd, cached; a clip's calls counted once though
         every row of the clip repeats them), tokens_in, tokens_out, cost_usd (totals of per_step),
         cost_usd_rows (sum of the rows' own cost_usd, their shares of the calls), and
@@ -667,7 +667,9 @@ class Catalog:
         """
         paths = self.shard_paths(vid, require_finalized=False, verify=False)
         rel = _read_parquet_sql(paths) if paths else _EMPTY_SAMPLES
-        out: dict[str, Any] = {"version_id": vid, "status": self.get_version(vid)["status"]}
+        info = self.get_version(vid)
+        out: dict[str, Any] = {"version_id": vid, "status": info["status"]}
+        out["verified"] = (info.get("notes") or {}).get("verified", True) is not False
         with self._connect(read_only=True) as con:
 
             def one(sql: str, params: list[Any] | None = None) -> tuple:
