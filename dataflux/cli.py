@@ -112,6 +112,10 @@ def _print_stats(version: str, stats: dict) -> None:
     for key in ("planted_errors", "planted_caught", "clean_items", "clean_rejected", "cost_usd"):
         if key in stats and stats[key] is not None:
             print(f"  {key}: {stats[key]}")
+    model = stats.get("model_accuracy")
+    if model:
+        print(f"  our model's accuracy: {model['accuracy']:.1%} of {model['n']} questions; " + ", ".join(
+            f"{c}={d['accuracy']:.1%}" for c, d in model["by_category"].items()))
     if stats.get("planted_errors"):
         caught = stats["planted_caught"] / stats["planted_errors"]
         rejected = stats["clean_rejected"] / max(1, stats["clean_items"])

@@ -383,6 +383,13 @@ def _provenance(call: Call) -> dict[str, Any]:
             "seed": call.seed, "cost_usd": call.cost_usd, "failure": call.failure}
 
 
+def model_correct(answers: Sequence[Answer], answer_index: int) -> bool | None:
+    """Whether our own model (the first `local` answerer: a checkpoint this project trained) chose the
+    row's final answer; None when no such answerer took part. A reply naming no option counts as wrong."""
+    ours = [a for a in answers if a.call.backend == "local"]
+    return None if not ours else ours[0].answer_index == answer_index
+
+
 def _params_json(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
@@ -442,6 +449,7 @@ def _row(clip: Clip, caption: Caption, caption_calls: list[Call], state: _LeafSt
         "checks": [c.as_dict() for c in o.checks],
         "rounds": len(state.rounds),
         "corrected_from_measurement": corrected,
+        "model_correct": model_correct(o.answers, q.answer_index),
         "calls": [_call_row(c) for c, _ in calls],
         "tokens_in": int(round(sum(c.tokens_in * w for c, w in calls))),
         "tokens_out": int(round(sum(c.tokens_out * w for c, w in calls))),

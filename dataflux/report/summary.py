@@ -24,6 +24,11 @@ def headline(f: VersionFacts) -> list[tuple[str, str]]:
         ("content sha256", str(v.get("content_sha256") or "(draft)")),
         ("manifest sha256", str(v.get("manifest_sha256") or "(draft)")),
     ]
+    if (v.get("notes") or {}).get("verified") is False:
+        pairs.append(("verification", "off: the unverified twin, questions kept as written"))
+    model = (f.stats or {}).get("model_accuracy")
+    if model:
+        pairs.append(("our model's accuracy", f"{model['accuracy']:.1%} of {model['n']} questions"))
     p = f.planted
     if p.get("planted_errors"):
         pairs.append(("planted errors caught",
@@ -59,6 +64,13 @@ def cost_table(f: VersionFacts) -> str:
                     f"{float(d.get('cost_usd') or 0):.4f}", d.get("cached", 0)] for s, d in f.per_step.items()])
 
 
+def model_table(f: VersionFacts) -> str:
+    """Our own trained model as an answerer on this version, per category (rows' model_correct)."""
+    by = ((f.stats or {}).get("model_accuracy") or {}).get("by_category") or {}
+    return _table(["category", "questions", "our model right"],
+                  [[c, d["n"], f"{d['accuracy']:.1%}"] for c, d in by.items()])
+
+
 def version_markdown(f: VersionFacts) -> str:
     """The summary published as a Prefect markdown artifact: headline, sources, categories,
     answer positions, rejects and cost."""
@@ -68,6 +80,8 @@ def version_markdown(f: VersionFacts) -> str:
              "## Categories", "", categories_table(f) if f.per_category else "_no samples_", "",
              "## Answer positions", "",
              _table(list(f.answer_position), [list(f.answer_position.values())]), ""]
+    if (f.stats or {}).get("model_accuracy"):
+        parts += ["## Our model on these questions", "", model_table(f), ""]
     if f.rejects:
         parts += ["## Rejects", "", rejects_table(f), ""]
     if f.per_step:

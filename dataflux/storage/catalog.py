@@ -663,7 +663,9 @@ class Catalog:
         cost_usd_rows (sum of the rows' own cost_usd, their shares of the calls), and
         when the ledger carries planted errors: planted_errors, planted_caught (of which
         planted_caught_discarded: no row asks about the leaf; planted_caught_corrected: rows ask and
-        answer otherwise), clean_items, clean_rejected (clean items of a planted source with no row).
+        answer otherwise), clean_items, clean_rejected (clean items of a planted source with no row);
+        when our own trained model answered (rows' model_correct): model_accuracy (n, accuracy,
+        by_category: l3 -> {n, accuracy}).
         """
         paths = self.shard_paths(vid, require_finalized=False, verify=False)
         rel = _read_parquet_sql(paths) if paths else _EMPTY_SAMPLES
@@ -700,6 +702,12 @@ class Catalog:
                 "ORDER BY 3 DESC, 1, 2", [vid])}
             out["items_by_status"] = dict(many(
                 "SELECT status, count(*) FROM items WHERE version_id = ? GROUP BY 1 ORDER BY 1", [vid]))
+            if "model_correct" in [d[0] for d in con.execute("SELECT * FROM s LIMIT 0").description]:
+                model = _model_accuracy(many(
+                    "SELECT l3, count(*), count(*) FILTER (WHERE model_correct) FROM s "
+                    "WHERE model_correct IS NOT NULL GROUP BY 1 ORDER BY 1"))
+                if model is not None:
+                    out["model_accuracy"] = model
             n_planted = one("SELECT count(*) FROM items WHERE version_id = ? AND planted IS NOT NULL "
                             "AND planted->>'leaf' IS NOT NULL", [vid])[0]
             if n_planted:
@@ -707,6 +715,17 @@ class Catalog:
                  out["planted_caught_corrected"], out["clean_items"], out["clean_rejected"]) = one(
                     _PLANTED_SQL, [vid])
         return out
+
+
+def _model_accuracy(per_category: list[tuple]) -> dict[str, Any] | None:
+    """Our model's accuracy as an answerer (rows' `model_correct`): overall and per category; None
+    when no row was put to it."""
+    if not per_category:
+        return None
+    n = sum(int(t) for _, t, _ in per_category)
+    right = sum(int(c) for _, _, c in per_category)
+    return {"n": n, "accuracy": right / n,
+            "by_category": {cat: {"n": int(t), "accuracy": int(c) / int(t)} for cat, t, c in per_category}}
 
 
 def _read_parquet_sql(paths: list[str]) -> str:

@@ -95,6 +95,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("checks", pa.list_(_CHECK)),
     ("rounds", pa.int32()),
     ("corrected_from_measurement", pa.bool_()),
+    ("model_correct", pa.bool_()),  # did our own trained model (a `local` answerer) pick the answer? None: not asked
     ("calls", pa.list_(_CALL)),
     ("tokens_in", pa.int64()),
     ("tokens_out", pa.int64()),
@@ -107,7 +108,7 @@ SAMPLE_SCHEMA = pa.schema([
 
 COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names)
 # Columns a row may leave as None; every other column must carry a value.
-NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256"})
+NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256", "model_correct"})
 
 # Arrow primitive -> the dtype name `datasets.Value` uses in its JSON form.
 _VALUE_DTYPES = {
