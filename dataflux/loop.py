@@ -342,9 +342,10 @@ async def _run_unverified(clip: Clip, caption: Caption, caption_calls: list[Call
     states = [_LeafState(c) for c in categories]
     rejects: list[Reject] = []
     kept: list[tuple[_LeafState, int, _Outcome]] = []
-    for s in states:
-        seed = derive_seed(cfg.seed, clip.audio_sha256, s.category.id, 1)
-        gen = await steps.writer.generate(clip, caption, s.category, cfg.questions_per_category, seed, None)
+    generations = await asyncio.gather(*(
+        steps.writer.generate(clip, caption, s.category, cfg.questions_per_category,
+                              derive_seed(cfg.seed, clip.audio_sha256, s.category.id, 1), None) for s in states))
+    for s, gen in zip(states, generations):
         if gen.call.failure:
             rejects.append(Reject(clip.item.source, clip.item.source_id, stage="generate", reason=gen.call.failure,
                                   detail=f"{s.category.id}: the question writer failed",
