@@ -11,8 +11,8 @@ rows it got wrong are drawn more often when training again.
 2. Trains the preset from scratch on that version twice, same seed and budget: plain, and with
    `train.hard_example_weight` = `--hard-weight`. Every `--eval-every` steps the validation split
    is scored (teacher-forced, per category); a run stops once every category reaches `--target`.
-   Prints the steps each run needed (or that it did not get there in the budget) and its
-   validation curve; writes everything to `<out-dir>/model_loop.json`.
+   Prints the steps each run needed (or that it did not get there in the budget), the first check
+   at which the overall validation accuracy reached the target, and the validation curve; writes everything to `<out-dir>/model_loop.json`.
 """
 
 from __future__ import annotations
@@ -62,6 +62,11 @@ def validation_curve(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def first_step_at(curve: list[dict[str, Any]], key: str, target: float) -> int | None:
+    """The first checked step whose `key` (accuracy: overall, worst: worst category) reached `target`."""
+    return next((p["step"] for p in curve if p[key] is not None and p[key] >= target), None)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a trained model folder (a training's final/)")
@@ -100,9 +105,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        [*args.overrides, *budget, f"train.hard_example_weight={weight}"],
                        evaluate=False, record=False, log=lambda *_: None)
         m = result["metrics"]
+        curve = validation_curve(run_dir)
         report["runs"][name] = {"hard_example_weight": weight, "steps": m["steps"], "stop_reason": m["stop_reason"],
                                 "reached_target": m["stop_reason"] == "validation_target",
-                                "train_minutes": m["train_minutes"], "validation": validation_curve(run_dir)}
+                                "overall_at_target_step": first_step_at(curve, "accuracy", args.target),
+                                "train_minutes": m["train_minutes"], "validation": curve}
         (out / "model_loop.json").write_text(json.dumps(report, indent=2))
 
     print(f"version {built['version']} ({args.demo_size} demo clips, seed {args.demo_seed}), "
@@ -114,8 +121,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\nsteps to every validation category >= {args.target} (budget {args.steps} steps / {args.minutes} min):")
     for name, run in report["runs"].items():
         reached = f"{run['steps']} steps" if run["reached_target"] else f"not reached in {run['steps']} steps"
-        curve = ", ".join(f"{p['step']}:{p['worst']:.2f}" for p in run["validation"] if p["worst"] is not None)
-        print(f"  {name:14} (weight {run['hard_example_weight']:g}): {reached}; worst category by step: {curve}")
+        overall = run["overall_at_target_step"]
+        curve = ", ".join(f"{p['step']}:{p['accuracy']:.2f}/{p['worst']:.2f}" for p in run["validation"]
+                          if p["worst"] is not None)
+        print(f"  {name:14} (weight {run['hard_example_weight']:g}): {reached}; overall >= {args.target} at "
+              f"{f'step {overall}' if overall else 'no check'}; overall/worst category by step: {curve}")
     print(f"\nwritten {out / 'model_loop.json'}")
     return report
 
