@@ -49,9 +49,14 @@ def cmd_demo(args) -> int:
     from flows.synthesize import run_synthesis
 
     config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions)
-    print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%}); "
-          f"state in {config.home}")
-    summary = run_synthesis(config, name="demo", progress=not args.quiet, **_wait_args(args))
+    if args.unverified:
+        from flows.synthesize import unverified
+
+        config = unverified(config)
+    print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%})"
+          f"{', verification off' if args.unverified else ''}; state in {config.home}")
+    summary = run_synthesis(config, name="demo-unverified" if args.unverified else "demo", progress=not args.quiet,
+                            **_wait_args(args))
     if summary.get("status") != "completed":
         print(f"run {summary['run_id']} did not complete ({summary['status']}); rerun `dataflux demo` to resume",
               file=sys.stderr)
@@ -92,6 +97,10 @@ def cmd_run(args) -> int:
     config = load_config(args.config)
     if args.plant_errors is not None:
         plant_on_sources(config, args.source or list(config.sources), args.plant_errors)
+    if args.unverified:
+        from flows.synthesize import unverified
+
+        config = unverified(config)
     summary = run_synthesis(config, sources=args.source or None, version=args.version, name=args.name,
                             finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse,
                             **_wait_args(args))
@@ -110,12 +119,15 @@ def cmd_versions(args) -> int:
         print("no versions yet: run `dataflux demo` or `dataflux run`")
     for v in versions:
         print(f"{v['version_id']:<28} {v['status']:<10} rows={v.get('n_rows') or 0:<7} "
-              f"rejects={v.get('n_rejects', 0):<6} created={v.get('created_at')}")
+              f"rejects={v.get('n_rejects', 0):<6} created={v.get('created_at')}"
+              + (" UNVERIFIED" if (v.get("notes") or {}).get("verified") is False else ""))
     return 0
 
 
 def _print_stats(version: str, stats: dict) -> None:
-    print(f"\nversion {version} ({stats.get('status', '')}): {stats.get('rows', 0)} samples")
+    print(f"\nversion {version} ({stats.get('status', '')}"
+          f"{', UNVERIFIED: questions kept as written' if stats.get('verified') is False else ''}): "
+          f"{stats.get('rows', 0)} samples")
     if stats.get("shards_verified") is False:
         print("  shards NOT verified: a draft's files are read as they are; finalize it to check them")
     for key in ("samples_per_category", "rejects_by_reason", "answer_position"):
@@ -138,6 +150,10 @@ def _print_stats(version: str, stats: dict) -> None:
     for leaf, d in (stats.get("planted_by_leaf") or {}).items():
         print(f"  planted {leaf}: caught {d.get('caught', 0)} of {d.get('planted', 0)}; "
               f"clean lost {d.get('clean_rejected', 0)} of {d.get('clean_asked', 0)}")
+    model = stats.get("model_accuracy")
+    if model:
+        print(f"  our model's accuracy: {model['accuracy']:.1%} of {model['n']} questions; " + ", ".join(
+            f"{c}={d['accuracy']:.1%}" for c, d in model["by_category"].items()))
     if stats.get("planted_errors"):
         caught = stats["planted_caught"] / stats["planted_errors"]
         rejected = stats["clean_rejected"] / max(1, stats["clean_items"])
@@ -203,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--error-rate", type=float, default=0.1, help="fraction of clips with a planted wrong label")
     p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--unverified", action="store_true",
+                   help="build the unverified twin: first questions kept as written, no judge or correction")
     p.add_argument("--quiet", action="store_true")
     _add_wait_flags(p)
     p.set_defaults(func=cmd_demo)
@@ -218,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plant-errors", type=float, metavar="RATE",
                    help="give this fraction of clips a known wrong claim (swapped transcript, flipped gender or "
                         "label); stats then say how many the loop caught")
+    p.add_argument("--unverified", action="store_true",
+                   help="verification off (loop.verify: false): the unverified twin of the version")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     _add_wait_flags(p)

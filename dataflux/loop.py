@@ -14,6 +14,11 @@
 
 Kept questions become sample rows (the row contract in dataflux.storage.row_schema); questions
 still failing after the last round become `Reject(stage="verify")`.
+
+With `verify: false` (the unverified twin of a version, for ablations) the loop stops after the
+first generation: the caption as the source states it, the first questions kept as written, no
+answerers, no judge, no measurement check or correction, no regeneration. Only questions that
+cannot be a row at all (malformed, answer not among the options) are rejected.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class LoopConfig:
     regenerates (default); "discard" drops the claim and rejects the questions about it."""
     seed: int = 0
     """Mixed into every per-question seed; the same seed and input give the same rows."""
+    verify: bool = True
+    """False builds the unverified twin: first-round questions kept as written (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.on_conflict not in ON_CONFLICT:
@@ -119,6 +126,11 @@ def wav_bytes(samples: np.ndarray, sampling_rate: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.asarray(samples, dtype=np.float32), sampling_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+UNVERIFIED_VERDICT = Verdict(consensus=False, consistency_with_caption="NOT_CHECKED", winner="NONE",
+                             final_action="UNVERIFIED", reasoning="verification off: the question is kept as written",
+                             call=Call(step="judge", backend="none", model="none"))
 
 
 @dataclass
@@ -240,6 +252,8 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
                            detail=f"the captioner ({caption.call.model}) gave no usable caption",
                            audio_sha256=clip.audio_sha256)]
     caption_calls = [caption.call]
+    if not cfg.verify:
+        return await _run_unverified(clip, caption, caption_calls, categories, steps, cfg, stats)
     states = [_LeafState(c) for c in categories]
     dropped: set[str] = set()  # leaves whose questions are rejected under on_conflict=discard
     rejects: list[Reject] = []
@@ -330,7 +344,10 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
 def verification_of(verdict: Verdict, answers: Sequence[Answer], answer_index: int) -> str:
     """How a kept row's answer was verified: "measured" (a measurement of the audio confirms it),
     "judged" (a model that hears the audio, or a model judge, decided) or "metadata-only" (nothing
-    but the source's claim and the caption built from it supports it)."""
+    but the source's claim and the caption built from it supports it); "unverified" in an
+    unverified twin (loop.verify: false), whose questions are kept as written."""
+    if verdict is UNVERIFIED_VERDICT:
+        return "unverified"
     if verdict.measured_agrees:
         return "measured"
     heard = [a for a in answers if a.sees_audio and a.answer_index == answer_index]
@@ -341,10 +358,59 @@ def verification_of(verdict: Verdict, answers: Sequence[Answer], answer_index: i
     return "metadata-only"
 
 
+async def _run_unverified(clip: Clip, caption: Caption, caption_calls: list[Call], categories: Sequence[Category],
+                          steps: Steps, cfg: LoopConfig, stats: LoopStats) -> tuple[list[dict], list[Reject]]:
+    """The first round's questions kept as written: no answerers, no judge, no measured checks."""
+    states = [_LeafState(c) for c in categories]
+    rejects: list[Reject] = []
+    kept: list[tuple[_LeafState, int, _Outcome]] = []
+    generations = await asyncio.gather(*(
+        steps.writer.generate(clip, caption, s.category, cfg.questions_per_category,
+                              derive_seed(cfg.seed, clip.audio_sha256, s.category.id, 1), None) for s in states))
+    for s, gen in zip(states, generations):
+        if gen.call.failure:
+            rejects.append(Reject(clip.item.source, clip.item.source_id, stage="generate", reason=gen.call.failure,
+                                  detail=f"{s.category.id}: the question writer failed",
+                                  audio_sha256=clip.audio_sha256, extra={"leaf": s.category.id}))
+            continue
+        if not gen.is_success or not gen.questions:
+            stats.add("not_applicable")
+            stats.add(f"not_applicable:{s.category.id}")
+            continue
+        outcomes = []
+        for q in gen.questions:
+            checks = [c for c in run_checks(q, s.category, clip.facts) if c.name in _STRUCTURAL]
+            outcomes.append(_Outcome(q, checks, [], UNVERIFIED_VERDICT, []))
+        s.rounds.append(_Round(gen.call, outcomes))
+        stats.add("rounds")
+        for k, o in enumerate(outcomes):
+            if not o.failed_checks:
+                kept.append((s, k, o))
+                continue
+            bad = o.failed_checks[0]
+            stats.add(f"check_failed:{bad.name}")
+            rejects.append(Reject(clip.item.source, clip.item.source_id, stage="verify",
+                                  reason=f"check_failed:{bad.name}", detail=bad.detail,
+                                  sample_id=f"{clip.sample_key}-{s.category.id}-{k}", audio_sha256=clip.audio_sha256,
+                                  extra={"leaf": s.category.id, "rounds": 1, "question": o.question.question,
+                                         "answer": o.question.answer}))
+    audio = {"bytes": wav_bytes(clip.samples, clip.sampling_rate), "path": f"{clip.sample_key}.wav"}
+    rows = [_row(clip, caption, caption_calls, s, k, o, audio, False, len(kept), categories) for s, k, o in kept]
+    stats.add("rows", len(rows))
+    return rows, rejects
+
+
 def _provenance(call: Call) -> dict[str, Any]:
     """What a reject keeps of a call: who made it, from which prompt, and how it ended."""
     return {"step": call.step, "backend": call.backend, "model": call.model, "prompt_sha256": call.prompt_sha256,
             "seed": call.seed, "cost_usd": call.cost_usd, "failure": call.failure}
+
+
+def model_correct(answers: Sequence[Answer], answer_index: int) -> bool | None:
+    """Whether our own model (the first `local` answerer: a checkpoint this project trained) chose the
+    row's final answer; None when no such answerer took part. A reply naming no option counts as wrong."""
+    ours = [a for a in answers if a.call.backend == "local"]
+    return None if not ours else ours[0].answer_index == answer_index
 
 
 def _params_json(params: dict[str, Any]) -> str:
@@ -407,6 +473,7 @@ def _row(clip: Clip, caption: Caption, caption_calls: list[Call], state: _LeafSt
         "rounds": len(state.rounds),
         "corrected_from_measurement": corrected,
         "verification": verification_of(v, o.answers, q.answer_index),
+        "model_correct": model_correct(o.answers, q.answer_index),
         "calls": [_call_row(c) for c, _ in calls],
         "tokens_in": int(round(sum(c.tokens_in * w for c, w in calls))),
         "tokens_out": int(round(sum(c.tokens_out * w for c, w in calls))),

@@ -44,6 +44,15 @@ def task_runner_for(config: Config):
     return ThreadPoolTaskRunner(max_workers=1 if kind == "sequential" else max(2, os.cpu_count() or 2))
 
 
+def unverified(config: Config) -> Config:
+    """The same config with verification off (`loop.verify: false`): it builds the unverified twin."""
+    import copy
+
+    data = copy.deepcopy(config.data)
+    data["loop"]["verify"] = False
+    return config_from_dict(data, origin=f"{config.path or '<config>'} (unverified)", path=config.path)
+
+
 def resolve_config(config_path: str | None, demo_size: int | None = None) -> Config:
     if config_path:
         return load_config(config_path)
@@ -196,9 +205,10 @@ def _open_version(catalog, config: Config, sources: list[str], version: str | No
     for info in sorted(catalog.list_versions(), key=lambda v: v["version_id"], reverse=True):
         if info["status"] == "draft" and info.get("config_sha256") == fingerprint:
             return info["version_id"]
-    return catalog.create_version(name=name or "-".join(sources), config_sha256=fingerprint,
-                                  notes={"sources": sources, "partitions": config.data["run"]["partitions"],
-                                         "source_states": states or {}})
+    notes = {"sources": sources, "partitions": config.data["run"]["partitions"], "source_states": states or {}}
+    if config.data["loop"].get("verify", True) is False:
+        notes["verified"] = False  # the unverified twin: first questions as written (LoopConfig.verify)
+    return catalog.create_version(name=name or "-".join(sources), config_sha256=fingerprint, notes=notes)
 
 
 def _version_fingerprint(config: Config, sources: list[str], states: dict | None = None) -> str:

@@ -9,6 +9,7 @@ whose sha256 no longer matches, so the trainer never learns from data it cannot 
   shards are shuffled and taken a window at a time (so only a window of shards is ever held in
   memory), rows inside a window are shuffled, sorted by duration in pools of a few batches (little
   padding) and cut into batches whose order is then shuffled. Ranks take every world_size-th batch.
+  With `hard_example_weight`, rows our own model answered wrong (`model_correct`) are drawn more often.
 * `RowReader` fetches the rows of a batch (audio bytes, messages, choices...) from the window's shards,
   streaming each shard once with `iter_batches` and keeping only the current window.
 * `Collator` decodes audio, computes features and tokens through the processor, optionally packs
@@ -38,6 +39,8 @@ from modeling.eval import LETTERS, option_lines
 from modeling.processor import IGNORE_INDEX, EurekaAudioProcessor
 
 INDEX_COLUMNS = ["sample_id", "split", "duration_s", "l3"]
+# Read when a shard has them (older versions do not): whether our own model answered the row right.
+OPTIONAL_INDEX_COLUMNS = ["model_correct"]
 ROW_COLUMNS = ["sample_id", "audio", "messages", "l3", "question", "choices", "answer", "answer_index", "split"]
 SPLITS = ("train", "validation", "test")
 
@@ -72,12 +75,14 @@ class VersionIndex:
     split: np.ndarray
     duration_s: np.ndarray
     l3: np.ndarray
+    model_correct: np.ndarray | None = None  # (N,) True / False / None (not asked); None: no shard has it
 
     @classmethod
     def build(cls, paths: Sequence[str], *, require_measured: bool = False) -> "VersionIndex":
         """`require_measured`: index only rows whose `verification` is "measured" (train.require_measured)."""
-        cols: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
+        cols: dict[str, list] = {c: [] for c in INDEX_COLUMNS + OPTIONAL_INDEX_COLUMNS}
         shard, row = [], []
+        seen_optional: set[str] = set()
         wanted = INDEX_COLUMNS + (["verification"] if require_measured else [])
         for s, path in enumerate(paths):
             pf = pq.ParquetFile(path)
@@ -86,12 +91,16 @@ class VersionIndex:
                 raise ValueError(f"{path}: shard lacks column(s) {missing} of the row contract; rebuild the version"
                                  + (" (train.require_measured needs rows that record their verification)"
                                     if "verification" in missing else ""))
+            optional = [c for c in OPTIONAL_INDEX_COLUMNS if c in pf.schema_arrow.names]
+            seen_optional.update(optional)
             n = 0
-            for batch in pf.iter_batches(columns=wanted, batch_size=4096):
+            for batch in pf.iter_batches(columns=wanted + optional, batch_size=4096):
                 keep = ([v == "measured" for v in batch.column("verification").to_pylist()] if require_measured
                         else [True] * batch.num_rows)
-                for c in INDEX_COLUMNS:
+                for c in INDEX_COLUMNS + optional:
                     cols[c].extend(v for v, k in zip(batch.column(c).to_pylist(), keep) if k)
+                for c in set(OPTIONAL_INDEX_COLUMNS) - set(optional):
+                    cols[c].extend([None] * sum(keep))
                 row.extend(n + i for i, k in enumerate(keep) if k)
                 shard.extend([s] * sum(keep))
                 n += batch.num_rows
@@ -102,6 +111,7 @@ class VersionIndex:
             paths=list(paths), shard=np.asarray(shard, dtype=np.int64), row=np.asarray(row, dtype=np.int64),
             sample_id=np.asarray(cols["sample_id"], dtype=object), split=np.asarray(cols["split"], dtype=object),
             duration_s=np.asarray(cols["duration_s"], dtype=np.float64), l3=np.asarray(cols["l3"], dtype=object),
+            model_correct=np.asarray(cols["model_correct"], dtype=object) if "model_correct" in seen_optional else None,
         )
 
     def __len__(self) -> int:
@@ -124,6 +134,9 @@ class BucketBatchSampler:
         pool_batches: batches per duration-sorted pool.
         rank, world_size: this process's share under DDP (every world_size-th batch).
         drop_last: drop the final short batch of each window (training).
+        hard_example_weight: rows our own model answered wrong (index.model_correct False) are drawn
+            this many times as often as the others, inside each category's share of the epoch
+            (1: off). Like the rest of the plan, a pure function of (seed, epoch): resumable.
     """
 
     def __init__(
@@ -142,6 +155,7 @@ class BucketBatchSampler:
         balance_categories: float = 0.0,
         category_weights: dict[str, float] | None = None,
         category_stages: Sequence[dict[str, Any]] | None = None,
+        hard_example_weight: float = 1.0,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -177,7 +191,29 @@ class BucketBatchSampler:
             bad = {k: v for k, v in weights.items() if not (float(v) > 0)}
             if bad:
                 raise ValueError(f"{where}: weights must be > 0, got {bad}")
+        if not float(hard_example_weight) > 0:
+            raise ValueError(f"hard_example_weight must be > 0, got {hard_example_weight}")
+        wrong = index.model_correct is not None and bool(np.any(index.model_correct[self.positions] == False))  # noqa: E712
+        self.hard_example_weight = float(hard_example_weight) if shuffle and wrong else 1.0
         self._plans: dict[int, list[np.ndarray]] = {}
+
+    def _row_weights(self, pool: np.ndarray) -> np.ndarray:
+        """Draw weight of each position: hard_example_weight for a row our model got wrong, else 1."""
+        wrong = self.index.model_correct[pool] == False  # noqa: E712 (object array: True/False/None)
+        return np.where(wrong, self.hard_example_weight, 1.0)
+
+    def _weighted_draw(self, rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
+        """`n` positions from `pool`, each row drawn in proportion to its weight: the integer part of its
+        expected count always, the fractional parts by one draw without replacement (so a row of weight
+        w gets w times the draws of a weight-1 row, up to rounding)."""
+        w = self._row_weights(pool)
+        exact = n * w / w.sum()
+        counts = np.floor(exact).astype(int)
+        rest = n - int(counts.sum())
+        if rest > 0:
+            frac = exact - counts
+            counts[rng.choice(len(pool), size=rest, replace=False, p=frac / frac.sum())] += 1
+        return np.repeat(pool, counts)
 
     def weights_for(self, epoch: int) -> dict[str, float]:
         """The mixture weights epoch `epoch` draws with: its curriculum stage's, else category_weights."""
@@ -190,8 +226,9 @@ class BucketBatchSampler:
         A category over its row count is drawn again, without replacement inside a pass, until its
         share is filled; one under it gets a fresh random subset each epoch. The epoch keeps
         len(positions) rows."""
+        hard = self.hard_example_weight != 1.0
         if not self.balance_categories and not weights_by_category:
-            return self.positions
+            return np.sort(self._weighted_draw(rng, self.positions, len(self.positions))) if hard else self.positions
         cats = self.index.l3[self.positions]
         names, counts = np.unique(cats, return_counts=True)
         weights = counts.astype(np.float64) ** (1.0 - self.balance_categories)
@@ -203,6 +240,9 @@ class BucketBatchSampler:
         chosen = []
         for name, q in zip(names, quota):
             pool = self.positions[cats == name]
+            if hard:
+                chosen.append(self._weighted_draw(rng, pool, int(q)))
+                continue
             passes = [rng.permutation(pool) for _ in range(-(-q // len(pool)))]
             chosen.append(np.concatenate(passes)[:q] if passes else pool[:0])
         return np.sort(np.concatenate(chosen))
@@ -577,12 +617,14 @@ def build_loader(
     cache_mb: float = 0.0,
     category_stages: Sequence[dict[str, Any]] | None = None,
     shuffle_options: bool = False,
+    hard_example_weight: float = 1.0,
 ) -> TrainLoader:
     """A loader over `split` of a version index (see `TrainLoader`)."""
     sampler = BucketBatchSampler(index, index.rows_of(split), batch_size, seed=seed, shuffle=shuffle,
                                  max_batch_seconds=max_batch_seconds, rank=rank, world_size=world_size,
                                  drop_last=drop_last, balance_categories=balance_categories,
-                                 category_weights=category_weights, category_stages=category_stages)
+                                 category_weights=category_weights, category_stages=category_stages,
+                                 hard_example_weight=hard_example_weight)
     return TrainLoader(sampler, RowReader(index, cache_shards=sampler.shards_per_window),
                        Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens, cache_mb=cache_mb,
                                 shuffle_options=shuffle_options, seed=seed), max_epochs=max_epochs,

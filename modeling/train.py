@@ -115,6 +115,7 @@ class TrainSpec:
     category_stages: list[dict[str, Any]] = field(default_factory=list)
     shuffle_options: bool = False  # multiple-choice options in a new order each epoch (answer re-lettered)
     require_measured: bool = False  # train only on rows a measurement of the audio verified (verification = measured)
+    hard_example_weight: float = 1.0  # rows our own model answered wrong (model_correct False) drawn this x as often
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -563,7 +564,7 @@ def train(
                           world_size=accelerator.num_processes, drop_last=True, prefetch=spec.prefetch,
                           balance_categories=spec.balance_categories, category_weights=spec.category_weights,
                           category_stages=spec.category_stages, shuffle_options=spec.shuffle_options,
-                          cache_mb=spec.cache_mb)
+                          cache_mb=spec.cache_mb, hard_example_weight=spec.hard_example_weight)
     progress = Progress()
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler, loader, progress)

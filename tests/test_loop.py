@@ -158,3 +158,22 @@ def test_demo_clips_planted_errors_are_caught_and_clean_clips_keep_rows():
             clean_without_rows += not rows
     assert planted >= 5 and caught == planted
     assert clean >= 20 and clean_without_rows == 0
+
+
+def test_with_verification_off_the_first_questions_are_kept_as_written():
+    stats = LoopStats()
+    clip = make_clip({**TRUE, "tone_pitch": "220 Hz"})  # the measurement says 440 Hz
+    rows, rejects = run(clip, LoopConfig(questions_per_category=2, verify=False), stats=stats)
+    verified, _ = run(clip, LoopConfig(questions_per_category=2))
+    assert rejects == [] and asserts(rows, "tone_pitch", "220 Hz")
+    pitch = [r for r in rows if r["l3"] == "tone_pitch"]
+    assert len(pitch) == 2 and all(r["answer"] == "220 Hz" for r in pitch)
+    for r in rows:
+        assert r["rounds"] == 1 and not r["corrected_from_measurement"] and r["answers"] == []
+        assert r["verdict"]["final_action"] == "UNVERIFIED" and r["model_correct"] is None
+        assert [c["name"] for c in r["checks"]] == ["schema", "answer_in_options", "distinct_options"]
+        assert Counter(c["step"] for c in r["calls"]) == {"caption": 1, "generate": 1}
+    # the same clips, categories and first questions as the verified rows of the clean leaves
+    clean = lambda rs: [(r["sample_id"], r["question"], r["choices"], r["answer"]) for r in rs if r["l3"] != "tone_pitch"]
+    assert clean(rows) == clean(verified)
+    assert stats.counts["rows"] == len(rows) and "recaptions" not in stats.counts

@@ -24,6 +24,11 @@ def headline(f: VersionFacts) -> list[tuple[str, str]]:
         ("content sha256", str(v.get("content_sha256") or "(draft)")),
         ("manifest sha256", str(v.get("manifest_sha256") or "(draft)")),
     ]
+    if (v.get("notes") or {}).get("verified") is False:
+        pairs.append(("verification", "off: the unverified twin, questions kept as written"))
+    model = (f.stats or {}).get("model_accuracy")
+    if model:
+        pairs.append(("our model's accuracy", f"{model['accuracy']:.1%} of {model['n']} questions"))
     p = f.planted
     if p.get("planted_errors"):
         pairs.append(("planted errors caught",
@@ -62,7 +67,7 @@ def cost_table(f: VersionFacts) -> str:
 def verification_table(f: VersionFacts) -> str:
     """Per category: how its rows were verified (measured | judged | metadata-only), as counts and share."""
     shares = (f.stats or {}).get("verification_by_leaf") or {}
-    levels = ["measured", "judged", "metadata-only", "unrecorded"]
+    levels = ["measured", "judged", "metadata-only", "unverified", "unrecorded"]
     rows = []
     for leaf, counts in shares.items():
         total = sum(counts.values())
@@ -80,6 +85,13 @@ def planted_table(f: VersionFacts) -> str:
                    for leaf, d in by_leaf.items()])
 
 
+def model_table(f: VersionFacts) -> str:
+    """Our own trained model as an answerer on this version, per category (rows' model_correct)."""
+    by = ((f.stats or {}).get("model_accuracy") or {}).get("by_category") or {}
+    return _table(["category", "questions", "our model right"],
+                  [[c, d["n"], f"{d['accuracy']:.1%}"] for c, d in by.items()])
+
+
 def version_markdown(f: VersionFacts) -> str:
     """The summary published as a Prefect markdown artifact: headline, sources, categories,
     answer positions, rejects and cost."""
@@ -93,6 +105,8 @@ def version_markdown(f: VersionFacts) -> str:
         parts += ["## How each category was verified", "", verification_table(f), ""]
     if (f.stats or {}).get("planted_by_leaf"):
         parts += ["## Planted errors per category", "", planted_table(f), ""]
+    if (f.stats or {}).get("model_accuracy"):
+        parts += ["## Our model on these questions", "", model_table(f), ""]
     if f.rejects:
         parts += ["## Rejects", "", rejects_table(f), ""]
     if f.per_step:

@@ -694,7 +694,7 @@ class Catalog:
     def stats(self, vid: str) -> dict[str, Any]:
         """Figures for a version, computed by DuckDB over its shards and catalog tables (drafts too).
 
-        Keys: version_id, status, rows, clips, samples_per_category (l3 -> rows), questions_per_clip
+        Keys: version_id, status, verified (False for an unverified twin), rows, clips, samples_per_category (l3 -> rows), questions_per_clip
         (mean, min, max, histogram: questions -> clips), categories_per_source (source -> l3 -> rows), duration_s (min_s,
         max_s, mean_s, median_s over rows; total_clip_s over distinct clips), rejects_by_reason
         ("stage/reason" -> n), items_by_status, answer_position (answer_index -> rows), per_step
@@ -703,13 +703,17 @@ class Catalog:
         cost_usd_rows (sum of the rows' own cost_usd, their shares of the calls), and
         when the ledger carries planted errors: planted_errors, planted_caught (of which
         planted_caught_discarded: no row asks about the leaf; planted_caught_corrected: rows ask and
-        answer otherwise), clean_items, clean_rejected (clean items of a planted source with no row).
+        answer otherwise), clean_items, clean_rejected (clean items of a planted source with no row);
+        when our own trained model answered (rows' model_correct): model_accuracy (n, accuracy,
+        by_category: l3 -> {n, accuracy}).
         """
         status = self.get_version(vid)["status"]
         # A finalized version's files are checked (cached) before anything is read; a draft's are not.
         paths = self.shard_paths(vid, require_finalized=False, verify=status == "finalized")
         rel = _read_parquet_sql(paths) if paths else _EMPTY_SAMPLES
+        info = self.get_version(vid)
         out: dict[str, Any] = {"version_id": vid, "status": status, "shards_verified": status == "finalized"}
+        out["verified"] = (info.get("notes") or {}).get("verified", True) is not False
         with self._connect(read_only=True) as con:
 
             def one(sql: str, params: list[Any] | None = None) -> tuple:
@@ -745,6 +749,12 @@ class Catalog:
                 "ORDER BY 3 DESC, 1, 2", [vid])}
             out["items_by_status"] = dict(many(
                 "SELECT status, count(*) FROM items WHERE version_id = ? GROUP BY 1 ORDER BY 1", [vid]))
+            if "model_correct" in [d[0] for d in con.execute("SELECT * FROM s LIMIT 0").description]:
+                model = _model_accuracy(many(
+                    "SELECT l3, count(*), count(*) FILTER (WHERE model_correct) FROM s "
+                    "WHERE model_correct IS NOT NULL GROUP BY 1 ORDER BY 1"))
+                if model is not None:
+                    out["model_accuracy"] = model
             n_planted = one("SELECT count(*) FROM items WHERE version_id = ? AND planted IS NOT NULL "
                             "AND planted->>'leaf' IS NOT NULL", [vid])[0]
             if n_planted:
@@ -778,6 +788,17 @@ def _questions_per_clip(histogram: list[tuple[int, int]]) -> dict[str, Any]:
 
 # A query that names the `samples` view gets it (and the checks of its finalized shards); others do not.
 _SAMPLES_WORD = re.compile(r"\bsamples\b", re.IGNORECASE)
+
+
+def _model_accuracy(per_category: list[tuple]) -> dict[str, Any] | None:
+    """Our model's accuracy as an answerer (rows' `model_correct`): overall and per category; None
+    when no row was put to it."""
+    if not per_category:
+        return None
+    n = sum(int(t) for _, t, _ in per_category)
+    right = sum(int(c) for _, _, c in per_category)
+    return {"n": n, "accuracy": right / n,
+            "by_category": {cat: {"n": int(t), "accuracy": int(c) / int(t)} for cat, t, c in per_category}}
 
 
 def _read_parquet_sql(paths: list[str]) -> str:

@@ -90,6 +90,7 @@ def make_example_row(
         "checks": [{"name": "measured_fact", "passed": True, "detail": ""}],
         "rounds": 1,
         "corrected_from_measurement": False,
+        "model_correct": None,
         "calls": [call],
         "tokens_in": 10,
         "tokens_out": 20,

@@ -95,7 +95,8 @@ SAMPLE_SCHEMA = pa.schema([
     ("checks", pa.list_(_CHECK)),
     ("rounds", pa.int32()),
     ("corrected_from_measurement", pa.bool_()),
-    ("verification", pa.string()),  # measured | judged | metadata-only (None on rows written before it existed)
+    ("verification", pa.string()),  # measured | judged | metadata-only | unverified (None on rows written before it existed)
+    ("model_correct", pa.bool_()),  # did our own trained model (a `local` answerer) pick the answer? None: not asked
     ("calls", pa.list_(_CALL)),
     ("tokens_in", pa.int64()),
     ("tokens_out", pa.int64()),
@@ -108,11 +109,11 @@ SAMPLE_SCHEMA = pa.schema([
 
 COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names)
 # Columns a row may leave as None; every other column must carry a value.
-NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256", "verification"})
+NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256", "verification", "model_correct"})
 # Columns added to the contract later: left out of the content hash when a row lacks them, so an
 # older row keeps the hash it was written with.
-_LATER_COLUMNS = frozenset({"verification"})
-VERIFICATION_LEVELS = ("measured", "judged", "metadata-only")
+_LATER_COLUMNS = frozenset({"verification", "model_correct"})
+VERIFICATION_LEVELS = ("measured", "judged", "metadata-only", "unverified")
 
 # Arrow primitive -> the dtype name `datasets.Value` uses in its JSON form.
 _VALUE_DTYPES = {
