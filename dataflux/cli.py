@@ -48,7 +48,8 @@ def cmd_demo(args) -> int:
     from dataflux.config import demo_config
     from flows.synthesize import run_synthesis
 
-    config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions)
+    config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions,
+                         tasks=_demo_tasks(args.tasks))
     print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%}); "
           f"state in {config.home}")
     summary = run_synthesis(config, name="demo", progress=not args.quiet)
@@ -61,6 +62,15 @@ def cmd_demo(args) -> int:
     stats = Catalog(config.catalog_path, read_only=True).stats(summary["version"])
     _print_stats(summary["version"], stats)
     return 0
+
+
+def _demo_tasks(text: str | None) -> list[str] | None:
+    """`--tasks all` or a comma list (mcq,asr,...) -> the task list; None keeps the default (mcq)."""
+    if not text:
+        return None
+    from dataflux.storage.row_schema import TASKS
+
+    return list(TASKS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
 
 
 def cmd_run(args) -> int:
@@ -92,6 +102,8 @@ def cmd_versions(args) -> int:
 
 def _print_stats(version: str, stats: dict) -> None:
     print(f"\nversion {version} ({stats.get('status', '')}): {stats.get('rows', 0)} samples")
+    if len(stats.get("rows_per_task") or {}) > 1:
+        print("  rows_per_task: " + ", ".join(f"{k}={v}" for k, v in stats["rows_per_task"].items()))
     for key in ("samples_per_category", "rejects_by_reason", "answer_position"):
         if stats.get(key):
             print(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in stats[key].items()))
@@ -144,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--error-rate", type=float, default=0.1, help="fraction of clips with a planted wrong label")
     p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--tasks", help="rows to emit beside the questions: all, or a comma list of "
+                                   "mcq,asr,caption,open_qa (default: mcq only)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 

@@ -38,8 +38,12 @@ from modeling.eval import LETTERS, option_lines
 from modeling.processor import IGNORE_INDEX, EurekaAudioProcessor
 
 INDEX_COLUMNS = ["sample_id", "split", "duration_s", "l3"]
-ROW_COLUMNS = ["sample_id", "audio", "messages", "l3", "question", "choices", "answer", "answer_index", "split"]
+ROW_COLUMNS = ["sample_id", "audio", "messages", "l3", "question", "choices", "answer", "answer_index", "split",
+               "task"]
+# Columns a shard written before they existed may lack: read as None (a missing `task` is mcq).
+OPTIONAL_COLUMNS = frozenset({"task"})
 SPLITS = ("train", "validation", "test")
+TASKS = ("mcq", "asr", "caption", "open_qa")
 
 
 def version_shard_paths(version: str, catalog_path: str | Path | None = None) -> list[str]:
@@ -62,7 +66,7 @@ class VersionIndex:
     """One entry per row of the version: where it is and how long its audio lasts.
 
     paths: shard paths; shard (N,) and row (N,) locate each row; split, duration_s, l3 (N,) come
-    from the recorded columns.
+    from the recorded columns; task (N,) too, None when no shard records one (every row is mcq).
     """
 
     paths: list[str]
@@ -72,10 +76,12 @@ class VersionIndex:
     split: np.ndarray
     duration_s: np.ndarray
     l3: np.ndarray
+    task: np.ndarray | None = None
 
     @classmethod
     def build(cls, paths: Sequence[str]) -> "VersionIndex":
         cols: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
+        tasks: list = []
         shard, row = [], []
         for s, path in enumerate(paths):
             pf = pq.ParquetFile(path)
@@ -83,9 +89,11 @@ class VersionIndex:
             if missing:
                 raise ValueError(f"{path}: shard lacks column(s) {missing} of the row contract; rebuild the version")
             n = 0
-            for batch in pf.iter_batches(columns=INDEX_COLUMNS, batch_size=4096):
+            has_task = "task" in pf.schema_arrow.names
+            for batch in pf.iter_batches(columns=INDEX_COLUMNS + ["task"] * has_task, batch_size=4096):
                 for c in INDEX_COLUMNS:
                     cols[c].extend(batch.column(c).to_pylist())
+                tasks.extend(batch.column("task").to_pylist() if has_task else [None] * batch.num_rows)
                 n += batch.num_rows
             shard.extend([s] * n)
             row.extend(range(n))
@@ -96,15 +104,25 @@ class VersionIndex:
             paths=list(paths), shard=np.asarray(shard, dtype=np.int64), row=np.asarray(row, dtype=np.int64),
             sample_id=np.asarray(cols["sample_id"], dtype=object), split=np.asarray(cols["split"], dtype=object),
             duration_s=np.asarray(cols["duration_s"], dtype=np.float64), l3=np.asarray(cols["l3"], dtype=object),
+            task=np.asarray([t or "mcq" for t in tasks], dtype=object) if any(tasks) else None,
         )
 
     def __len__(self) -> int:
         return len(self.shard)
 
-    def rows_of(self, splits: str | Sequence[str]) -> np.ndarray:
-        """Index positions of the rows in the given split(s)."""
+    def rows_of(self, splits: str | Sequence[str], tasks: Sequence[str] | None = None) -> np.ndarray:
+        """Index positions of the rows in the given split(s), of the given tasks only when named."""
         splits = [splits] if isinstance(splits, str) else list(splits)
-        return np.nonzero(np.isin(self.split, splits))[0]
+        keep = np.isin(self.split, splits)
+        if tasks is not None:
+            keep &= np.isin(self.task_of(np.arange(len(self))), list(tasks))
+        return np.nonzero(keep)[0]
+
+    def task_of(self, positions: np.ndarray) -> np.ndarray:
+        """The task of each position (mcq for a version without task rows)."""
+        if self.task is None:
+            return np.full(len(positions), "mcq", dtype=object)
+        return self.task[positions]
 
 
 class BucketBatchSampler:
@@ -136,6 +154,7 @@ class BucketBatchSampler:
         balance_categories: float = 0.0,
         category_weights: dict[str, float] | None = None,
         category_stages: Sequence[dict[str, Any]] | None = None,
+        task_weights: dict[str, float] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -171,6 +190,14 @@ class BucketBatchSampler:
             bad = {k: v for k, v in weights.items() if not (float(v) > 0)}
             if bad:
                 raise ValueError(f"{where}: weights must be > 0, got {bad}")
+        self.task_weights = dict(task_weights or {}) if shuffle else {}
+        unknown = sorted(set(self.task_weights) - set(TASKS))
+        if unknown:
+            raise ValueError(f"task_weights names {unknown}, which are no tasks; tasks: {list(TASKS)}")
+        bad = {k: v for k, v in self.task_weights.items() if not (float(v) > 0)}
+        if bad:
+            raise ValueError(f"task_weights: weights must be > 0 (leave a task out of training with "
+                             f"train.task_weights {{task: 0}} in the config), got {bad}")
         self._plans: dict[int, list[np.ndarray]] = {}
 
     def weights_for(self, epoch: int) -> dict[str, float]:
@@ -178,25 +205,37 @@ class BucketBatchSampler:
         return self.stage_of_epoch[epoch] if epoch < len(self.stage_of_epoch) else self.category_weights
 
     def _epoch_positions(self, rng: np.random.Generator, weights_by_category: dict[str, float]) -> np.ndarray:
-        """The positions one epoch draws from. With `balance_categories` = a > 0 each category (l3) gets
+        """The positions one epoch draws from. With `task_weights`, an epoch draws each task's row count
+        times its weight (unnamed: 1), so a task at weight 1 fills the same epoch it would alone (a
+        curriculum stage of N epochs means the same for it); inside each task the categories share
+        its draws (`_category_positions`). Without task weights, the categories share all rows."""
+        if not self.task_weights:
+            return self._category_positions(self.positions, len(self.positions), rng, weights_by_category)
+        tasks = self.index.task_of(self.positions)
+        chosen = []
+        for name in np.unique(tasks):
+            pool = self.positions[tasks == name]
+            total = max(1, int(round(len(pool) * float(self.task_weights.get(name, 1.0)))))
+            chosen.append(self._category_positions(pool, total, rng, weights_by_category))
+        return np.sort(np.concatenate(chosen))
+
+    def _category_positions(self, positions: np.ndarray, total: int, rng: np.random.Generator,
+                            weights_by_category: dict[str, float]) -> np.ndarray:
+        """`total` draws from `positions`. With `balance_categories` = a > 0 each category (l3) gets
         a share of the epoch proportional to n_c ** (1 - a) (a = 1: every category equally often), times
         `weights_by_category[c]` where given (a mixture weight: 2 draws the category twice as often).
         A category over its row count is drawn again, without replacement inside a pass, until its
-        share is filled; one under it gets a fresh random subset each epoch. The epoch keeps
-        len(positions) rows."""
-        if not self.balance_categories and not weights_by_category:
-            return self.positions
-        cats = self.index.l3[self.positions]
+        share is filled; one under it gets a fresh random subset each epoch."""
+        if not self.balance_categories and not weights_by_category and total == len(positions):
+            return positions
+        cats = self.index.l3[positions]
         names, counts = np.unique(cats, return_counts=True)
         weights = counts.astype(np.float64) ** (1.0 - self.balance_categories)
         weights *= np.array([float(weights_by_category.get(n, 1.0)) for n in names])
-        exact = len(self.positions) * weights / weights.sum()
-        quota = np.floor(exact).astype(int)
-        short = len(self.positions) - int(quota.sum())  # rows lost to flooring go to the largest remainders
-        quota[np.argsort(quota - exact, kind="stable")[:short]] += 1
+        quota = _largest_remainder(total, weights)
         chosen = []
         for name, q in zip(names, quota):
-            pool = self.positions[cats == name]
+            pool = positions[cats == name]
             passes = [rng.permutation(pool) for _ in range(-(-q // len(pool)))]
             chosen.append(np.concatenate(passes)[:q] if passes else pool[:0])
         return np.sort(np.concatenate(chosen))
@@ -250,6 +289,16 @@ class BucketBatchSampler:
         return len(self.plan(0))
 
 
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """`total` split in proportion to `weights` as integers: floors, then the rows lost to flooring
+    go to the largest remainders."""
+    exact = total * weights / weights.sum()
+    quota = np.floor(exact).astype(int)
+    short = total - int(quota.sum())
+    quota[np.argsort(quota - exact, kind="stable")[:short]] += 1
+    return quota
+
+
 @functools.lru_cache(maxsize=1)
 def _taxonomy_categories() -> frozenset[str]:
     """The default taxonomy's categories (l3 ids), read once."""
@@ -273,13 +322,16 @@ class RowReader:
             return self._cache[s]
         path = self.index.paths[s]
         pf = pq.ParquetFile(path)
-        missing = [c for c in self.columns if c not in pf.schema_arrow.names]
+        present = [c for c in self.columns if c in pf.schema_arrow.names]
+        missing = [c for c in self.columns if c not in present and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"{path}: shard lacks column(s) {missing} of the row contract; rebuild the version")
         data: dict[str, list] = {c: [] for c in self.columns}
-        for batch in pf.iter_batches(columns=self.columns, batch_size=256):
-            for c in self.columns:
+        for batch in pf.iter_batches(columns=present, batch_size=256):
+            for c in present:
                 data[c].extend(batch.column(c).to_pylist())
+        for c in set(self.columns) - set(present):
+            data[c] = [None] * len(data[present[0]])
         self._cache[s] = data
         while len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
@@ -390,7 +442,7 @@ class Collator:
     `shuffle_options` shows a multiple-choice row's options in a new order each epoch (the answer
     re-lettered; `permute_options`), drawn from (seed, epoch, sample_id), so a resumed run sees the
     same orders: the letter of the right option then never follows from the clip alone.
-    Also returns `sample_id` and `l3` lists for bookkeeping.
+    Also returns `sample_id`, `l3` and `task` lists for bookkeeping.
     """
 
     def __init__(self, processor: EurekaAudioProcessor, zero_audio: bool = False, pack_tokens: int = 0,
@@ -455,6 +507,7 @@ class Collator:
         batch["input_features"], batch["feature_lengths"] = features, feature_lengths
         batch["sample_id"] = [r.get("sample_id") for r in rows]
         batch["l3"] = [r.get("l3") for r in rows]
+        batch["task"] = [r.get("task") or "mcq" for r in rows]
         return batch
 
     def _pack(self, encoded) -> dict[str, torch.Tensor]:
@@ -571,23 +624,28 @@ def build_loader(
     cache_mb: float = 0.0,
     category_stages: Sequence[dict[str, Any]] | None = None,
     shuffle_options: bool = False,
+    tasks: Sequence[str] | None = None,
+    task_weights: dict[str, float] | None = None,
 ) -> TrainLoader:
-    """A loader over `split` of a version index (see `TrainLoader`)."""
-    sampler = BucketBatchSampler(index, index.rows_of(split), batch_size, seed=seed, shuffle=shuffle,
+    """A loader over `split` of a version index (see `TrainLoader`); `tasks` limits it to those tasks."""
+    sampler = BucketBatchSampler(index, index.rows_of(split, tasks), batch_size, seed=seed, shuffle=shuffle,
                                  max_batch_seconds=max_batch_seconds, rank=rank, world_size=world_size,
                                  drop_last=drop_last, balance_categories=balance_categories,
-                                 category_weights=category_weights, category_stages=category_stages)
+                                 category_weights=category_weights, category_stages=category_stages,
+                                 task_weights=task_weights)
     return TrainLoader(sampler, RowReader(index, cache_shards=sampler.shards_per_window),
                        Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens, cache_mb=cache_mb,
                                 shuffle_options=shuffle_options, seed=seed), max_epochs=max_epochs,
                        prefetch=prefetch)
 
 
-def read_texts(index: VersionIndex, split: str | Sequence[str] = "train") -> list[str]:
-    """All message contents of a split (for training a small tokenizer), placeholders removed."""
+def read_texts(index: VersionIndex, split: str | Sequence[str] = "train",
+               tasks: Sequence[str] | None = None) -> list[str]:
+    """All message contents of a split (for training a small tokenizer), placeholders removed; of the
+    given tasks only when named."""
     reader = RowReader(index, columns=["messages"], cache_shards=1)
     texts = []
-    for pos in index.rows_of(split):
+    for pos in index.rows_of(split, tasks):
         for m in reader.rows([pos])[0]["messages"]:
             texts.append(m["content"].replace("<audio>", ""))
     return texts
