@@ -48,7 +48,8 @@ def cmd_demo(args) -> int:
     from dataflux.config import demo_config
     from flows.synthesize import run_synthesis
 
-    config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions)
+    config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions,
+                         tasks=_demo_tasks(args.tasks))
     if args.unverified:
         from flows.synthesize import unverified
 
@@ -87,6 +88,15 @@ def _add_wait_flags(p: argparse.ArgumentParser) -> None:
                    help="if another run is writing the same catalog, wait for it instead of refusing")
     p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
                    help="with --wait: give up after this many seconds (default: no limit)")
+
+
+def _demo_tasks(text: str | None) -> list[str] | None:
+    """`--tasks all` or a comma list (mcq,asr,...) -> the task list; None keeps the default (mcq)."""
+    if not text:
+        return None
+    from dataflux.storage.row_schema import TASKS
+
+    return list(TASKS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
 
 
 def cmd_run(args) -> int:
@@ -130,6 +140,8 @@ def _print_stats(version: str, stats: dict) -> None:
           f"{stats.get('rows', 0)} samples")
     if stats.get("shards_verified") is False:
         print("  shards NOT verified: a draft's files are read as they are; finalize it to check them")
+    if len(stats.get("rows_per_task") or {}) > 1:
+        print("  rows_per_task: " + ", ".join(f"{k}={v}" for k, v in stats["rows_per_task"].items()))
     for key in ("samples_per_category", "rejects_by_reason", "answer_position"):
         if stats.get(key):
             print(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in stats[key].items()))
@@ -221,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--unverified", action="store_true",
                    help="build the unverified twin: first questions kept as written, no judge or correction")
+    p.add_argument("--tasks", help="rows to emit beside the questions: all, or a comma list of "
+                                   "mcq,asr,caption,open_qa (default: mcq only)")
     p.add_argument("--quiet", action="store_true")
     _add_wait_flags(p)
     p.set_defaults(func=cmd_demo)

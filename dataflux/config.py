@@ -192,12 +192,17 @@ def config_from_dict(raw: Any, *, origin: str = "<config>", path: Path | None = 
     return Config(data=data, path=path, sha256=sha)
 
 
-def demo_config(size: int = 240, seed: int = 0, error_rate: float = 0.1, partitions: int = 8) -> Config:
-    """The embedded default: the demo corpus with reference backends, no network, no GPU."""
+def demo_config(size: int = 240, seed: int = 0, error_rate: float = 0.1, partitions: int = 8,
+                tasks: list[str] | None = None) -> Config:
+    """The embedded default: the demo corpus with reference backends, no network, no GPU.
+    `tasks`: which rows the demo emits (default: questions only)."""
+    source = {"kind": "demo", "size": size, "seed": seed, "error_rate": error_rate,
+              "license": "CC0-1.0 (synthesized)", "taxonomy": ["Sound", "Music", "Speech"]}
+    if tasks:
+        source["tasks"] = list(tasks)
     raw = {
         "version": 1,
-        "sources": {"demo": {"kind": "demo", "size": size, "seed": seed, "error_rate": error_rate,
-                             "license": "CC0-1.0 (synthesized)", "taxonomy": ["Sound", "Music", "Speech"]}},
+        "sources": {"demo": source},
         "run": {"partitions": partitions},
     }
     return config_from_dict(raw, origin="<embedded demo config>")

@@ -484,5 +484,6 @@ def _row(clip: Clip, caption: Caption, caption_calls: list[Call], state: _LeafSt
             {"role": "user", "content": user_message(q.question, list(q.choices))},
             {"role": "assistant", "content": assistant_message(list(q.choices), q.answer_index)},
         ],
+        "task": "mcq",
         "row_sha256": None,
     }

@@ -52,6 +52,13 @@ def source_leaves(config: Config, source_name: str, taxonomy) -> list:
     return taxonomy.leaves_for(branches) if branches else list(taxonomy.leaves())
 
 
+def source_tasks(config: Config, source_name: str) -> tuple[str, ...]:
+    """The tasks a source emits (`sources.<name>.tasks`, default mcq only)."""
+    from dataflux.steps.task_rows import check_tasks
+
+    return check_tasks(config.sources[source_name].get("tasks") or ["mcq"], f"sources.{source_name}.tasks")
+
+
 def use_object_store(config: Config) -> None:
     """Point pyarrow's S3 filesystem (which reads the AWS_* environment) at `storage.s3` of the config.
 
@@ -210,6 +217,13 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     rows.sort(key=lambda r: r["sample_id"])
     rows, balance = rebalance_positions(rows, filters.max_position_share)
     counts["rebalanced"] = int(balance.get("moved", 0)) if isinstance(balance, dict) else 0
+    tasks = source_tasks(config, source_name)
+    if tasks != ("mcq",):
+        from dataflux.steps.task_rows import task_rows
+
+        extra, task_rejects = task_rows(clips, rows, tasks, categories)
+        rows.extend(extra)
+        rejects.extend(task_rejects)
 
     version = code_version()
     for row in rows:

@@ -39,10 +39,15 @@ from modeling.eval import LETTERS, option_lines
 from modeling.processor import IGNORE_INDEX, EurekaAudioProcessor
 
 INDEX_COLUMNS = ["sample_id", "split", "duration_s", "l3"]
-# Read when a shard has them (older versions do not): whether our own model answered the row right.
-OPTIONAL_INDEX_COLUMNS = ["model_correct"]
-ROW_COLUMNS = ["sample_id", "audio", "messages", "l3", "question", "choices", "answer", "answer_index", "split"]
+# Read when a shard has them (older versions do not): whether our own model answered the row right,
+# and the row's task (a missing `task` is mcq).
+OPTIONAL_INDEX_COLUMNS = ["model_correct", "task"]
+ROW_COLUMNS = ["sample_id", "audio", "messages", "l3", "question", "choices", "answer", "answer_index", "split",
+               "task"]
+# Columns a shard written before they existed may lack: read as None (a missing `task` is mcq).
+OPTIONAL_COLUMNS = frozenset({"task"})
 SPLITS = ("train", "validation", "test")
+TASKS = ("mcq", "asr", "caption", "open_qa")
 
 
 def version_shard_paths(version: str, catalog_path: str | Path | None = None) -> list[str]:
@@ -65,7 +70,7 @@ class VersionIndex:
     """One entry per row of the version: where it is and how long its audio lasts.
 
     paths: shard paths; shard (N,) and row (N,) locate each row; split, duration_s, l3 (N,) come
-    from the recorded columns.
+    from the recorded columns; task (N,) too, None when no shard records one (every row is mcq).
     """
 
     paths: list[str]
@@ -76,6 +81,7 @@ class VersionIndex:
     duration_s: np.ndarray
     l3: np.ndarray
     model_correct: np.ndarray | None = None  # (N,) True / False / None (not asked); None: no shard has it
+    task: np.ndarray | None = None  # (N,) mcq | asr | caption | open_qa; None: no shard has the column
 
     @classmethod
     def build(cls, paths: Sequence[str], *, require_measured: bool = False) -> "VersionIndex":
@@ -112,15 +118,25 @@ class VersionIndex:
             sample_id=np.asarray(cols["sample_id"], dtype=object), split=np.asarray(cols["split"], dtype=object),
             duration_s=np.asarray(cols["duration_s"], dtype=np.float64), l3=np.asarray(cols["l3"], dtype=object),
             model_correct=np.asarray(cols["model_correct"], dtype=object) if "model_correct" in seen_optional else None,
+            task=np.asarray([t or "mcq" for t in cols["task"]], dtype=object) if any(cols["task"]) else None,
         )
 
     def __len__(self) -> int:
         return len(self.shard)
 
-    def rows_of(self, splits: str | Sequence[str]) -> np.ndarray:
-        """Index positions of the rows in the given split(s)."""
+    def rows_of(self, splits: str | Sequence[str], tasks: Sequence[str] | None = None) -> np.ndarray:
+        """Index positions of the rows in the given split(s), of the given tasks only when named."""
         splits = [splits] if isinstance(splits, str) else list(splits)
-        return np.nonzero(np.isin(self.split, splits))[0]
+        keep = np.isin(self.split, splits)
+        if tasks is not None:
+            keep &= np.isin(self.task_of(np.arange(len(self))), list(tasks))
+        return np.nonzero(keep)[0]
+
+    def task_of(self, positions: np.ndarray) -> np.ndarray:
+        """The task of each position (mcq for a version without task rows)."""
+        if self.task is None:
+            return np.full(len(positions), "mcq", dtype=object)
+        return self.task[positions]
 
 
 class BucketBatchSampler:
@@ -156,6 +172,7 @@ class BucketBatchSampler:
         category_weights: dict[str, float] | None = None,
         category_stages: Sequence[dict[str, Any]] | None = None,
         hard_example_weight: float = 1.0,
+        task_weights: dict[str, float] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -195,6 +212,14 @@ class BucketBatchSampler:
             raise ValueError(f"hard_example_weight must be > 0, got {hard_example_weight}")
         wrong = index.model_correct is not None and bool(np.any(index.model_correct[self.positions] == False))  # noqa: E712
         self.hard_example_weight = float(hard_example_weight) if shuffle and wrong else 1.0
+        self.task_weights = dict(task_weights or {}) if shuffle else {}
+        unknown = sorted(set(self.task_weights) - set(TASKS))
+        if unknown:
+            raise ValueError(f"task_weights names {unknown}, which are no tasks; tasks: {list(TASKS)}")
+        bad = {k: v for k, v in self.task_weights.items() if not (float(v) > 0)}
+        if bad:
+            raise ValueError(f"task_weights: weights must be > 0 (leave a task out of training with "
+                             f"train.task_weights {{task: 0}} in the config), got {bad}")
         self._plans: dict[int, list[np.ndarray]] = {}
 
     def _row_weights(self, pool: np.ndarray) -> np.ndarray:
@@ -220,26 +245,42 @@ class BucketBatchSampler:
         return self.stage_of_epoch[epoch] if epoch < len(self.stage_of_epoch) else self.category_weights
 
     def _epoch_positions(self, rng: np.random.Generator, weights_by_category: dict[str, float]) -> np.ndarray:
-        """The positions one epoch draws from. With `balance_categories` = a > 0 each category (l3) gets
+        """The positions one epoch draws from. With `task_weights`, an epoch draws each task's row count
+        times its weight (unnamed: 1), so a task at weight 1 fills the same epoch it would alone (a
+        curriculum stage of N epochs means the same for it); inside each task the categories share
+        its draws (`_category_positions`). Without task weights, the categories share all rows."""
+        if not self.task_weights:
+            return self._category_positions(self.positions, len(self.positions), rng, weights_by_category)
+        tasks = self.index.task_of(self.positions)
+        chosen = []
+        for name in np.unique(tasks):
+            pool = self.positions[tasks == name]
+            total = max(1, int(round(len(pool) * float(self.task_weights.get(name, 1.0)))))
+            chosen.append(self._category_positions(pool, total, rng, weights_by_category))
+        return np.sort(np.concatenate(chosen))
+
+    def _category_positions(self, positions: np.ndarray, total: int, rng: np.random.Generator,
+                            weights_by_category: dict[str, float]) -> np.ndarray:
+        """`total` draws from `positions`. With `balance_categories` = a > 0 each category (l3) gets
         a share of the epoch proportional to n_c ** (1 - a) (a = 1: every category equally often), times
         `weights_by_category[c]` where given (a mixture weight: 2 draws the category twice as often).
         A category over its row count is drawn again, without replacement inside a pass, until its
-        share is filled; one under it gets a fresh random subset each epoch. The epoch keeps
-        len(positions) rows."""
+        share is filled; one under it gets a fresh random subset each epoch. With hard_example_weight,
+        rows our model got wrong are drawn that many times as often inside each category's share."""
         hard = self.hard_example_weight != 1.0
         if not self.balance_categories and not weights_by_category:
-            return np.sort(self._weighted_draw(rng, self.positions, len(self.positions))) if hard else self.positions
-        cats = self.index.l3[self.positions]
+            if hard:
+                return np.sort(self._weighted_draw(rng, positions, total))
+            if total == len(positions):
+                return positions
+        cats = self.index.l3[positions]
         names, counts = np.unique(cats, return_counts=True)
         weights = counts.astype(np.float64) ** (1.0 - self.balance_categories)
         weights *= np.array([float(weights_by_category.get(n, 1.0)) for n in names])
-        exact = len(self.positions) * weights / weights.sum()
-        quota = np.floor(exact).astype(int)
-        short = len(self.positions) - int(quota.sum())  # rows lost to flooring go to the largest remainders
-        quota[np.argsort(quota - exact, kind="stable")[:short]] += 1
+        quota = _largest_remainder(total, weights)
         chosen = []
         for name, q in zip(names, quota):
-            pool = self.positions[cats == name]
+            pool = positions[cats == name]
             if hard:
                 chosen.append(self._weighted_draw(rng, pool, int(q)))
                 continue
@@ -296,6 +337,16 @@ class BucketBatchSampler:
         return len(self.plan(0))
 
 
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """`total` split in proportion to `weights` as integers: floors, then the rows lost to flooring
+    go to the largest remainders."""
+    exact = total * weights / weights.sum()
+    quota = np.floor(exact).astype(int)
+    short = total - int(quota.sum())
+    quota[np.argsort(quota - exact, kind="stable")[:short]] += 1
+    return quota
+
+
 @functools.lru_cache(maxsize=1)
 def _taxonomy_categories() -> frozenset[str]:
     """The default taxonomy's categories (l3 ids), read once."""
@@ -319,13 +370,16 @@ class RowReader:
             return self._cache[s]
         path = self.index.paths[s]
         pf = pq.ParquetFile(path)
-        missing = [c for c in self.columns if c not in pf.schema_arrow.names]
+        present = [c for c in self.columns if c in pf.schema_arrow.names]
+        missing = [c for c in self.columns if c not in present and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"{path}: shard lacks column(s) {missing} of the row contract; rebuild the version")
         data: dict[str, list] = {c: [] for c in self.columns}
-        for batch in pf.iter_batches(columns=self.columns, batch_size=256):
-            for c in self.columns:
+        for batch in pf.iter_batches(columns=present, batch_size=256):
+            for c in present:
                 data[c].extend(batch.column(c).to_pylist())
+        for c in set(self.columns) - set(present):
+            data[c] = [None] * len(data[present[0]])
         self._cache[s] = data
         while len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
@@ -436,7 +490,7 @@ class Collator:
     `shuffle_options` shows a multiple-choice row's options in a new order each epoch (the answer
     re-lettered; `permute_options`), drawn from (seed, epoch, sample_id), so a resumed run sees the
     same orders: the letter of the right option then never follows from the clip alone.
-    Also returns `sample_id` and `l3` lists for bookkeeping.
+    Also returns `sample_id`, `l3` and `task` lists for bookkeeping.
     """
 
     def __init__(self, processor: EurekaAudioProcessor, zero_audio: bool = False, pack_tokens: int = 0,
@@ -501,6 +555,7 @@ class Collator:
         batch["input_features"], batch["feature_lengths"] = features, feature_lengths
         batch["sample_id"] = [r.get("sample_id") for r in rows]
         batch["l3"] = [r.get("l3") for r in rows]
+        batch["task"] = [r.get("task") or "mcq" for r in rows]
         return batch
 
     def _pack(self, encoded) -> dict[str, torch.Tensor]:
@@ -618,24 +673,28 @@ def build_loader(
     category_stages: Sequence[dict[str, Any]] | None = None,
     shuffle_options: bool = False,
     hard_example_weight: float = 1.0,
+    tasks: Sequence[str] | None = None,
+    task_weights: dict[str, float] | None = None,
 ) -> TrainLoader:
-    """A loader over `split` of a version index (see `TrainLoader`)."""
-    sampler = BucketBatchSampler(index, index.rows_of(split), batch_size, seed=seed, shuffle=shuffle,
+    """A loader over `split` of a version index (see `TrainLoader`); `tasks` limits it to those tasks."""
+    sampler = BucketBatchSampler(index, index.rows_of(split, tasks), batch_size, seed=seed, shuffle=shuffle,
                                  max_batch_seconds=max_batch_seconds, rank=rank, world_size=world_size,
                                  drop_last=drop_last, balance_categories=balance_categories,
                                  category_weights=category_weights, category_stages=category_stages,
-                                 hard_example_weight=hard_example_weight)
+                                 hard_example_weight=hard_example_weight, task_weights=task_weights)
     return TrainLoader(sampler, RowReader(index, cache_shards=sampler.shards_per_window),
                        Collator(processor, zero_audio=zero_audio, pack_tokens=pack_tokens, cache_mb=cache_mb,
                                 shuffle_options=shuffle_options, seed=seed), max_epochs=max_epochs,
                        prefetch=prefetch)
 
 
-def read_texts(index: VersionIndex, split: str | Sequence[str] = "train") -> list[str]:
-    """All message contents of a split (for training a small tokenizer), placeholders removed."""
+def read_texts(index: VersionIndex, split: str | Sequence[str] = "train",
+               tasks: Sequence[str] | None = None) -> list[str]:
+    """All message contents of a split (for training a small tokenizer), placeholders removed; of the
+    given tasks only when named."""
     reader = RowReader(index, columns=["messages"], cache_shards=1)
     texts = []
-    for pos in index.rows_of(split):
+    for pos in index.rows_of(split, tasks):
         for m in reader.rows([pos])[0]["messages"]:
             texts.append(m["content"].replace("<audio>", ""))
     return texts

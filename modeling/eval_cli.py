@@ -6,6 +6,10 @@
 With --out, the scores (overall, per group, per item) go to that file and the answered items, in
 MMAU's JSON shape with `model_prediction`, to `--predictions` (default: next to --out, named
 `<out stem>.mmau.json`), which MMAU's own `evaluation.py --input` can score.
+
+A version with task rows is scored task by task (`modeling.task_eval`): the results JSON keeps the
+questions' scores at its top level and adds `tasks`, one block per task present: `mcq` (MMAU-scored
+and exact accuracy), `asr` (WER), `caption` (ROUGE-L, BLEU), `open_qa` (exact and token accuracy).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 ROW_COLUMNS = ["sample_id", "source", "audio", "split", "l0", "l1", "l2", "l3", "transcript", "question",
                "choices", "answer", "answer_index", "messages"]
+OPTIONAL_COLUMNS = ["task"]  # absent from shards written before it existed: those rows are mcq
 
 
 def register(subparsers) -> None:
@@ -36,6 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, help="score only the first N items")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens-text", type=int, default=64, help="for transcripts and captions")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--config", help="data_catalog.yaml that names the catalog (with --version)")
     p.add_argument("--quiet", action="store_true")
@@ -62,7 +68,8 @@ def load_version_rows(catalog, version: str, split: str, limit: int | None = Non
     for shard in catalog.shards(version):
         if shard["path"] is None:
             continue
-        table = read_shard(shard["path"], shard["sha256"], columns=ROW_COLUMNS)
+        table = read_shard(shard["path"], shard["sha256"])
+        table = table.select([c for c in ROW_COLUMNS + OPTIONAL_COLUMNS if c in table.column_names])
         for row in table.to_pylist():
             seen_splits.add(row["split"])
             if row["split"] == split:
@@ -118,10 +125,25 @@ def cmd_eval(args) -> int:
         if not args.quiet:
             print(f"\r  {done}/{total} answered", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    result = evaluate(model, processor, items, loader, zero_audio=args.zero_audio, batch_size=args.batch_size,
+    def task_of(item: dict[str, Any]) -> str:  # an MMAU item's `task` is MMAU's (sound/music/speech)
+        return "mcq" if args.mmau else (item.get("task") or "mcq")
+
+    questions = [it for it in items if task_of(it) == "mcq"]
+    result = evaluate(model, processor, questions, loader, zero_audio=args.zero_audio, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, transcripts=args.transcripts, progress=progress)
     predictions = result.pop("predictions")
+    result["tasks"] = {"mcq": {k: result[k] for k in ("n", "mmau_accuracy", "exact_accuracy", "no_prediction")}}
+    others = [it for it in items if task_of(it) != "mcq"]
+    if others:
+        from modeling.task_eval import evaluate_tasks, format_task_summary
+
+        blocks = evaluate_tasks(model, processor, others, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens, max_new_tokens_text=args.max_new_tokens_text,
+                                audio_loader=loader, zero_audio=args.zero_audio)
+        result["tasks"].update(blocks)
     print(format_summary(result))
+    if others:
+        print(format_task_summary(result["tasks"]))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

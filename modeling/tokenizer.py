@@ -10,7 +10,11 @@ Tiny models for tests and the demo train their own byte-level BPE on the questio
 of a data version with `tokenizers`, offline. With `whole_lines=True` the BPE never merges across a
 newline but may merge a whole line: a frequent option line such as "(B) 440 Hz" becomes one token,
 so picking the right option is a single copy of one prompt token rather than a letter that must be
-fetched from two tokens before the matching value. Rare text still falls back to bytes.
+fetched from two tokens before the matching value. Rare text still falls back to bytes. With
+`words=True` as well, every other line is cut at word boundaries before BPE: a transcript or a
+caption becomes about one token per word (whole lines of free text would each take a vocabulary
+entry, and a sentence no line was trained on would fall apart into bytes), while option lines stay
+whole.
 """
 
 from __future__ import annotations
@@ -49,11 +53,17 @@ def add_audio_tokens(tokenizer) -> dict[str, int]:
     return ids
 
 
-def train_small_tokenizer(texts: Iterable[str], vocab_size: int = 1000, whole_lines: bool = False) -> PreTrainedTokenizerFast:
+# An option line "(B) 440 Hz" as one piece; elsewhere a newline, a word with its leading space, or spaces.
+_OPTION_LINES_ELSE_WORDS = r"\([A-J]\) [^\n]*|\n| ?[^\s]+|\s+"
+
+
+def train_small_tokenizer(texts: Iterable[str], vocab_size: int = 1000, whole_lines: bool = False,
+                          words: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on `texts`, with the ChatML and audio special tokens and the chat template.
 
     Byte-level means any text still encodes (rare words fall back to bytes), so a tiny model can read
-    questions it has not seen. `whole_lines`: split only at newlines before BPE (see the module docstring).
+    questions it has not seen. `whole_lines`: split only at newlines before BPE; `words` (with
+    `whole_lines`): split lines other than option lines at words (see the module docstring).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -61,7 +71,7 @@ def train_small_tokenizer(texts: Iterable[str], vocab_size: int = 1000, whole_li
     tok = Tokenizer(models.BPE())
     if whole_lines:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+            pre_tokenizers.Split(Regex(_OPTION_LINES_ELSE_WORDS if words else "\n"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
     else:

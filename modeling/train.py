@@ -65,6 +65,7 @@ class ModelSpec:
     tokenizer_path: str | None = None  # default: llm_path; with neither, a BPE is trained on the version
     tokenizer_vocab_size: int = 1000  # size of that trained BPE
     tokenizer_whole_lines: bool = False  # that BPE may merge whole lines (one token per option line)
+    tokenizer_words: bool = False  # with whole lines: other lines (transcripts, captions) cut at words
     dtype: str | None = None  # load dtype for real checkpoints, e.g. "bfloat16"
     system_prompt: str | None = None
     adapter: str = "moe"  # moe | linear
@@ -116,6 +117,9 @@ class TrainSpec:
     shuffle_options: bool = False  # multiple-choice options in a new order each epoch (answer re-lettered)
     require_measured: bool = False  # train only on rows a measurement of the audio verified (verification = measured)
     hard_example_weight: float = 1.0  # rows our own model answered wrong (model_correct False) drawn this x as often
+    # task -> draws per epoch as a multiple of its row count (unnamed: 1.0; 0 leaves the task out);
+    # inside each task the category weights and stages apply as before
+    task_weights: dict[str, float] = field(default_factory=dict)
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -127,6 +131,10 @@ class TrainSpec:
     eval_max_rows: int | None = None
     eval_zero_audio: bool = True  # also score the model with the audio zeroed
     max_new_tokens: int = 16
+    max_new_tokens_text: int = 48  # transcripts and captions
+    eval_task_rows: int = 64  # per non-mcq task: validation rows scored teacher-forced every eval_every steps
+    eval_asr_rows: int = 32  # validation transcripts generated every eval_every steps (WER in metrics.jsonl)
+    eval_task_max_rows: int | None = 300  # per non-mcq task, in the final evaluation
 
 
 @dataclass
@@ -150,7 +158,7 @@ class TrainConfig:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"training config {path} does not exist (presets: modeling/configs/*.yaml)")
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = _with_base(yaml.safe_load(path.read_text()) or {}, path)
         doc.setdefault("name", path.stem)
         for item in overrides:
             key, sep, value = item.partition("=")
@@ -168,6 +176,23 @@ class TrainConfig:
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _with_base(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A preset with `extends: other.yaml` (relative to it): the other preset, with this one's
+    `model`/`train` keys laid over it key by key."""
+    base_name = doc.pop("extends", None)
+    if base_name is None:
+        return doc
+    base_path = path.parent / str(base_name)
+    if not base_path.exists():
+        raise FileNotFoundError(f"{path}: extends {base_name!r}, but {base_path} does not exist")
+    base = _with_base(yaml.safe_load(base_path.read_text()) or {}, base_path)
+    for section in ("model", "train"):
+        if section in doc:
+            base[section] = {**(base.get(section) or {}), **(doc.pop(section) or {})}
+    base.update(doc)
+    return base
 
 
 def _mixture_weights(value: Any, where: str) -> dict[str, float]:
@@ -201,6 +226,14 @@ def _fill(cls, values: dict[str, Any], where: str):
         if obj.encoder not in ("train", "frozen"):
             raise ValueError(f"{where}.encoder: {obj.encoder!r} is not one of train, frozen")
         obj.category_weights = _mixture_weights(obj.category_weights, f"{where}.category_weights")
+        obj.task_weights = _mixture_weights(obj.task_weights, f"{where}.task_weights")
+        from modeling.data import TASKS
+
+        unknown_tasks = sorted(set(obj.task_weights) - set(TASKS))
+        negative = {k: v for k, v in obj.task_weights.items() if v < 0}
+        if unknown_tasks or negative or obj.task_weights and not trained_tasks(obj):
+            raise ValueError(f"{where}.task_weights: expected task -> weight >= 0 for tasks {list(TASKS)} with "
+                             f"at least one above 0, got {obj.task_weights!r}")
         if not isinstance(obj.category_stages, list) or not all(isinstance(st, dict) for st in obj.category_stages):
             raise ValueError(f"{where}.category_stages: expected a list of {{epochs, category_weights}} mappings, "
                              f"got {obj.category_stages!r}")
@@ -228,18 +261,32 @@ def _fill(cls, values: dict[str, Any], where: str):
     return obj
 
 
+def trained_tasks(spec: TrainSpec) -> list[str]:
+    """The tasks a run trains on: every task whose weight is not 0 (an unnamed task weighs 1)."""
+    from modeling.data import TASKS
+
+    return [t for t in TASKS if spec.task_weights.get(t, 1.0) > 0]
+
+
+def positive_task_weights(spec: TrainSpec) -> dict[str, float]:
+    return {t: w for t, w in spec.task_weights.items() if w > 0}
+
+
 # ---- building ------------------------------------------------------------------------------------
 
 
-def build_processor(spec: ModelSpec, index: VersionIndex, n_mels: int, chunk_mel_frames: int) -> EurekaAudioProcessor:
-    """The tokenizer from tokenizer_path/llm_path, else a byte-level BPE trained on the train split."""
+def build_processor(spec: ModelSpec, index: VersionIndex, n_mels: int, chunk_mel_frames: int,
+                    tasks: Sequence[str] | None = None) -> EurekaAudioProcessor:
+    """The tokenizer from tokenizer_path/llm_path, else a byte-level BPE trained on the train split
+    (the rows of `tasks` only, when named)."""
     from transformers import AutoTokenizer
 
     from modeling.tokenizer import train_small_tokenizer
 
     path = spec.tokenizer_path or spec.llm_path
     tokenizer = AutoTokenizer.from_pretrained(path) if path else train_small_tokenizer(
-        read_texts(index, "train"), vocab_size=spec.tokenizer_vocab_size, whole_lines=spec.tokenizer_whole_lines)
+        read_texts(index, "train", tasks), vocab_size=spec.tokenizer_vocab_size,
+        whole_lines=spec.tokenizer_whole_lines, words=spec.tokenizer_words)
     return EurekaAudioProcessor(tokenizer, n_mels=n_mels, chunk_mel_frames=chunk_mel_frames,
                                 stack_factor=spec.stack_factor, system_prompt=spec.system_prompt)
 
@@ -379,15 +426,16 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, keep: int) -> Path:
 
 
 EVAL_COLUMNS = ["sample_id", "audio", "messages", "question", "choices", "answer", "answer_index",
-                "l0", "l1", "l2", "l3", "source", "transcript"]
+                "l0", "l1", "l2", "l3", "source", "transcript", "task"]
 
 
-def stratified_rows(index: VersionIndex, split: str, max_rows: int) -> np.ndarray:
+def stratified_rows(index: VersionIndex, split: str, max_rows: int, tasks: Sequence[str] | None = None) -> np.ndarray:
     """Up to `max_rows` positions of `split` with the categories (l3) as evenly represented as their
     row counts allow (a category with fewer rows than its share gives the rest to the others), each
     category's first rows in index order, returned in index order. A plain prefix would follow the
-    version's mix: 600 rows of the demo hold 11 beep-count rows, too few to tell 80% from 95%."""
-    positions = index.rows_of(split)
+    version's mix: 600 rows of the demo hold 11 beep-count rows, too few to tell 80% from 95%.
+    `tasks`: rows of those tasks only."""
+    positions = index.rows_of(split, tasks)
     if len(positions) <= max_rows:
         return positions
     cats = index.l3[positions]
@@ -419,11 +467,13 @@ def embedding_scale(model: EurekaAudioForCausalLM) -> dict[str, float]:
     return {"audio_rms": round(audio, 4), "text_embed_rms": round(text, 4)}
 
 
-def held_out_rows(index: VersionIndex, split: str, max_rows: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a split, full (audio included), in index order; at most `max_rows` spread over the split."""
+def held_out_rows(index: VersionIndex, split: str, max_rows: int | None = None,
+                  tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a split (of `tasks` only, when named), full (audio included), in index order; at most
+    `max_rows` spread over the split."""
     from modeling.data import RowReader
 
-    positions = index.rows_of(split)
+    positions = index.rows_of(split, tasks)
     if max_rows is not None and len(positions) > max_rows:
         positions = positions[np.linspace(0, len(positions) - 1, max_rows).astype(int)]
     return RowReader(index, columns=EVAL_COLUMNS, cache_shards=len(index.paths)).rows(positions)
@@ -455,8 +505,10 @@ def expert_load(model: EurekaAudioForCausalLM, processor: EurekaAudioProcessor, 
 
 def answer_accuracy(model, loader) -> dict[str, Any]:
     """Teacher-forced exact-answer accuracy: an example counts when the argmax at every labelled position
-    is the label (what greedy decoding would then reproduce). Overall and per category (l3)."""
+    is the label (what greedy decoding would then reproduce). Over the questions (mcq rows), overall
+    and per category (l3), and per task (`by_task`)."""
     hits: dict[str, list[bool]] = {}
+    by_task: dict[str, list[bool]] = {}
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -465,12 +517,28 @@ def answer_accuracy(model, loader) -> dict[str, Any]:
             logits = model(**inputs).logits[:, :-1]
             labels = inputs["labels"][:, 1:]
             ok = ((logits.argmax(-1) == labels) | (labels == -100)).all(-1)
-            for cat, good in zip(batch["l3"], ok.tolist()):
-                hits.setdefault(cat, []).append(good)
+            for cat, task, good in zip(batch["l3"], batch.get("task") or ["mcq"] * len(ok), ok.tolist()):
+                by_task.setdefault(task, []).append(good)
+                if task == "mcq":
+                    hits.setdefault(cat, []).append(good)
     model.train(was_training)
     every = [h for v in hits.values() for h in v]
-    return {"answer_accuracy": sum(every) / max(1, len(every)),
-            "by_category": {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}}
+    out = {"answer_accuracy": sum(every) / max(1, len(every)),
+           "by_category": {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}}
+    if set(by_task) - {"mcq"}:
+        out["by_task"] = {k: round(sum(v) / len(v), 3) for k, v in sorted(by_task.items())}
+    return out
+
+
+def validation_wer(model, processor, rows, spec: TrainSpec) -> dict[str, Any]:
+    """WER of greedy transcripts of validation asr rows (Whisper-normalised), with two examples."""
+    from modeling.task_eval import asr_block, generate_answers
+    from modeling.eval import ModelPredictor
+
+    texts = generate_answers(ModelPredictor(model, processor, spec.max_new_tokens_text), rows, spec.eval_batch_size)
+    block = asr_block(rows, texts)
+    return {"wer": round(block["wer"], 4), "wer_n": block["n"],
+            "wer_examples": [{"reference": it["reference"], "hypothesis": it["hypothesis"]} for it in block["items"][:2]]}
 
 
 def evaluate_held_out(model, processor, rows, spec: TrainSpec) -> dict[str, Any]:
@@ -487,6 +555,8 @@ def evaluate_held_out(model, processor, rows, spec: TrainSpec) -> dict[str, Any]
         silence = np.zeros(processor.sampling_rate, dtype=np.float32)
         runs += [("zero_audio", {"zero_audio": True}), ("fixed_silence", {"audio_loader": lambda row: silence})]
     metrics: dict[str, Any] = {}
+    if not rows:
+        return metrics
     for name, kwargs in runs:
         result = evaluate(model, processor, rows, batch_size=spec.eval_batch_size,
                           max_new_tokens=spec.max_new_tokens, **kwargs)
@@ -499,6 +569,16 @@ def evaluate_held_out(model, processor, rows, spec: TrainSpec) -> dict[str, Any]
                          for it in result["predictions"][:5]],
         }
     return metrics
+
+
+def evaluate_held_out_tasks(model, processor, rows, spec: TrainSpec) -> dict[str, Any]:
+    """Per-task scores of non-mcq rows (`modeling.task_eval`), with five example items per task."""
+    from modeling.task_eval import evaluate_tasks
+
+    blocks = evaluate_tasks(model, processor, rows, batch_size=spec.eval_batch_size,
+                            max_new_tokens=spec.max_new_tokens, max_new_tokens_text=spec.max_new_tokens_text)
+    return {task: {**{k: v for k, v in b.items() if k != "items"}, "examples": b["items"][:5]}
+            for task, b in blocks.items()}
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -540,12 +620,13 @@ def train(
         torch.set_num_threads(spec.num_threads)
     set_seed(spec.seed)
     index = VersionIndex.build(paths, require_measured=spec.require_measured)
+    tasks = trained_tasks(spec)
     resume_from = _checkpoints(run_dir)[-1] if _checkpoints(run_dir) else None
     if resume_from is not None:
         processor = EurekaAudioProcessor.from_pretrained(run_dir / "processor")
     else:
         n_mels, chunk = encoder_geometry(cfg.model)
-        processor = build_processor(cfg.model, index, n_mels, chunk)
+        processor = build_processor(cfg.model, index, n_mels, chunk, tasks)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             processor.save_pretrained(run_dir / "processor")
@@ -564,7 +645,8 @@ def train(
                           world_size=accelerator.num_processes, drop_last=True, prefetch=spec.prefetch,
                           balance_categories=spec.balance_categories, category_weights=spec.category_weights,
                           category_stages=spec.category_stages, shuffle_options=spec.shuffle_options,
-                          cache_mb=spec.cache_mb, hard_example_weight=spec.hard_example_weight)
+                          cache_mb=spec.cache_mb, hard_example_weight=spec.hard_example_weight,
+                          tasks=tasks, task_weights=positive_task_weights(spec))
     progress = Progress()
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler, loader, progress)
@@ -584,8 +666,13 @@ def train(
             f"{len(index.rows_of('train'))} train rows, {len(loader)} batches per epoch")
 
     val_loader = None
+    val_asr_rows: list[dict[str, Any]] = []
     if spec.eval_every and main:
-        val_positions = stratified_rows(index, "validation", spec.eval_every_rows)
+        val_positions = stratified_rows(index, "validation", spec.eval_every_rows, ["mcq"])
+        others = [index.rows_of("validation", [t])[: spec.eval_task_rows] for t in tasks if t != "mcq"]
+        val_positions = np.sort(np.concatenate([val_positions, *others])) if others else val_positions
+        if "asr" in tasks and spec.eval_asr_rows:
+            val_asr_rows = held_out_rows(index, "validation", spec.eval_asr_rows, ["asr"])
         if len(val_positions):
             from modeling.data import BucketBatchSampler, Collator, RowReader, TrainLoader
 
@@ -638,6 +725,8 @@ def train(
             if val_loader is not None and eval_step:
                 val_loader.epoch = val_loader.batches_done = 0
                 line = {"step": progress.step, "validation": answer_accuracy(accelerator.unwrap_model(model), val_loader)}
+                if val_asr_rows:
+                    line["validation"].update(validation_wer(accelerator.unwrap_model(model), processor, val_asr_rows, spec))
                 _append_jsonl(metrics_file, line)
                 log(json.dumps(line))
                 by = line["validation"]["by_category"]
@@ -697,10 +786,14 @@ def train(
         result["checkpoint"] = str(final)
         if evaluate:
             t0 = time.monotonic()
-            rows = held_out_rows(index, spec.eval_split, spec.eval_max_rows)
+            rows = held_out_rows(index, spec.eval_split, spec.eval_max_rows, ["mcq"])
             unwrapped.float().eval()
             metrics["eval_split"] = spec.eval_split
             metrics.update(evaluate_held_out(unwrapped, processor, rows, spec))
+            task_rows = [r for t in tasks if t != "mcq"
+                         for r in held_out_rows(index, spec.eval_split, spec.eval_task_max_rows, [t])]
+            if task_rows:
+                metrics["tasks"] = evaluate_held_out_tasks(unwrapped, processor, task_rows, spec)
             metrics["expert_load"] = expert_load(unwrapped, processor, rows)
             metrics["eval_minutes"] = round((time.monotonic() - t0) / 60, 3)
         _append_jsonl(metrics_file, {"final": metrics})

@@ -694,10 +694,12 @@ class Catalog:
     def stats(self, vid: str) -> dict[str, Any]:
         """Figures for a version, computed by DuckDB over its shards and catalog tables (drafts too).
 
-        Keys: version_id, status, verified (False for an unverified twin), rows, clips, samples_per_category (l3 -> rows), questions_per_clip
-        (mean, min, max, histogram: questions -> clips), categories_per_source (source -> l3 -> rows), duration_s (min_s,
+        Keys: version_id, status, verified (False for an unverified twin), rows, clips, rows_per_task
+        (mcq/asr/caption/open_qa -> rows; rows without a task are mcq), samples_per_category (l3 ->
+        question rows), questions_per_clip (mean, min, max, histogram: questions -> clips),
+        categories_per_source (source -> l3 -> rows), duration_s (min_s,
         max_s, mean_s, median_s over rows; total_clip_s over distinct clips), rejects_by_reason
-        ("stage/reason" -> n), items_by_status, answer_position (answer_index -> rows), per_step
+        ("stage/reason" -> n), items_by_status, answer_position (answer_index -> question rows), per_step
         (step -> n_calls, tokens_in, tokens_out, cost_usd, cached; a clip's calls counted once though
         every row of the clip repeats them), tokens_in, tokens_out, cost_usd (totals of per_step),
         cost_usd_rows (sum of the rows' own cost_usd, their shares of the calls), and
@@ -723,21 +725,27 @@ class Catalog:
                 return con.execute(sql, params or []).fetchall()
 
             con.execute(f"CREATE TEMP VIEW s AS SELECT * FROM {rel}")
+            if "task" not in [c[0] for c in con.execute("DESCRIBE s").fetchall()]:
+                # shards written before the task column: every row is a question
+                con.execute(f"CREATE OR REPLACE TEMP VIEW s AS SELECT *, NULL::VARCHAR AS task FROM {rel}")
             out["rows"], out["clips"], out["cost_usd_rows"] = one(
                 "SELECT count(*), count(DISTINCT audio_sha256), coalesce(sum(cost_usd), 0) FROM s")
-            out["samples_per_category"] = dict(many("SELECT l3, count(*) FROM s GROUP BY 1 ORDER BY 1"))
+            out["rows_per_task"] = dict(many(
+                "SELECT coalesce(task, 'mcq'), count(*) FROM s GROUP BY 1 ORDER BY 1"))
+            con.execute("CREATE TEMP VIEW q AS SELECT * FROM s WHERE coalesce(task, 'mcq') = 'mcq'")
+            out["samples_per_category"] = dict(many("SELECT l3, count(*) FROM q GROUP BY 1 ORDER BY 1"))
             d = one("SELECT min(duration_s), max(duration_s), avg(duration_s), median(duration_s) FROM s")
             total = one("SELECT coalesce(sum(d), 0) FROM (SELECT audio_sha256, any_value(duration_s) AS d "
                         "FROM s GROUP BY 1)")[0]
             out["duration_s"] = {"min_s": d[0], "max_s": d[1], "mean_s": d[2], "median_s": d[3],
                                  "total_clip_s": total}
             out["questions_per_clip"] = _questions_per_clip(many(
-                "SELECT n, count(*) FROM (SELECT audio_sha256, count(*) AS n FROM s GROUP BY 1) GROUP BY 1 ORDER BY 1"))
+                "SELECT n, count(*) FROM (SELECT audio_sha256, count(*) AS n FROM q GROUP BY 1) GROUP BY 1 ORDER BY 1"))
             out["categories_per_source"] = {}
-            for src, l3, n in many("SELECT source, l3, count(*) FROM s GROUP BY 1, 2 ORDER BY 1, 2"):
+            for src, l3, n in many("SELECT source, l3, count(*) FROM q GROUP BY 1, 2 ORDER BY 1, 2"):
                 out["categories_per_source"].setdefault(src, {})[l3] = n
             out["answer_position"] = {int(k): n for k, n in many(
-                "SELECT answer_index, count(*) FROM s GROUP BY 1 ORDER BY 1")}
+                "SELECT answer_index, count(*) FROM q GROUP BY 1 ORDER BY 1")}
             out["per_step"] = {
                 step: {"n_calls": n, "tokens_in": ti, "tokens_out": to, "cost_usd": c, "cached": cached}
                 for step, n, ti, to, c, cached in many(_PER_STEP_SQL)
@@ -802,7 +810,8 @@ def _model_accuracy(per_category: list[tuple]) -> dict[str, Any] | None:
 
 
 def _read_parquet_sql(paths: list[str]) -> str:
-    return "read_parquet([" + ", ".join(_sql_str(p) for p in paths) + "])"
+    # by name: a version may hold shards written before a column (e.g. `task`) was added
+    return "read_parquet([" + ", ".join(_sql_str(p) for p in paths) + "], union_by_name = true)"
 
 
 # The columns `stats` needs, typed, for a version that has no shards yet.

@@ -1,4 +1,9 @@
-"""The sample row as stored: one Parquet row = one verified multiple-choice question about one clip.
+"""The sample row as stored: one Parquet row = one verified training example about one clip.
+
+`task` says which kind: `mcq` (a multiple-choice question; rows written before the column existed
+read as mcq), `asr` (the clip's transcript), `caption` (the clip's verified caption) or `open_qa` (a
+question with a short free-form answer). Rows without choices (every task but mcq) leave `choices`
+empty and `answer_index` None.
 
 `SAMPLE_SCHEMA` is the Arrow form of the row contract. `audio` is `struct<bytes: binary, path: string>`
 (plain `binary`, not `large_binary`) because that is the layout `datasets` recognises as an `Audio`
@@ -104,16 +109,25 @@ SAMPLE_SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("code_version", pa.string()),
     ("messages", pa.list_(_MESSAGE)),
+    ("task", pa.string()),  # mcq | asr | caption | open_qa; None reads as mcq
     ("row_sha256", pa.string()),
 ])
 
 COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names)
 # Columns a row may leave as None; every other column must carry a value.
-NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256", "verification", "model_correct"})
+NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256", "verification", "model_correct", "task", "answer_index"})
 # Columns added to the contract later: left out of the content hash when a row lacks them, so an
 # older row keeps the hash it was written with.
 _LATER_COLUMNS = frozenset({"verification", "model_correct"})
 VERIFICATION_LEVELS = ("measured", "judged", "metadata-only", "unverified")
+
+TASKS: tuple[str, ...] = ("mcq", "asr", "caption", "open_qa")
+DEFAULT_TASK = "mcq"
+
+
+def row_task(row: dict[str, Any]) -> str:
+    """The row's task; a row without one (written before the column existed) is a multiple-choice row."""
+    return row.get("task") or DEFAULT_TASK
 
 # Arrow primitive -> the dtype name `datasets.Value` uses in its JSON form.
 _VALUE_DTYPES = {
@@ -195,8 +209,9 @@ def _canonical(value: Any, t: pa.DataType, where: str) -> Any:
 def row_content_sha256(row: dict[str, Any]) -> str:
     """sha256 (hex) of a row's deterministic content.
 
-    Left out: `run_id`, `code_version`, `row_sha256` itself, `cached` inside each call, and
-    `audio.path` (a file name, not content: the audio is hashed by its bytes). Values are first
+    Left out: `run_id`, `code_version`, `row_sha256` itself, `cached` inside each call,
+    `audio.path` (a file name, not content: the audio is hashed by its bytes), and `task` when it is
+    mcq (so a question row hashes as it did before the column existed). Values are first
     normalised through `SAMPLE_SCHEMA`, so the hash of a row dict equals the hash of the same row
     read back from Parquet.
     """
@@ -204,6 +219,8 @@ def row_content_sha256(row: dict[str, Any]) -> str:
     content: dict[str, Any] = {}
     for f in SAMPLE_SCHEMA:
         if f.name in _VOLATILE_COLUMNS:
+            continue
+        if f.name == "task" and row_task(row) == DEFAULT_TASK:
             continue
         value = row.get(f.name)
         if f.name in _LATER_COLUMNS and value is None:
