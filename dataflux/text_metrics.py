@@ -28,11 +28,20 @@ def normalise_text(text: str | None) -> str:
     return _normaliser()(text or "").strip()
 
 
+def word_edits(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Word-level edit distance (substitutions + deletions + insertions) between two word lists, by
+    `jiwer`; an empty side costs the other side's length (jiwer refuses empty strings)."""
+    if not ref or not hyp:
+        return len(ref) + len(hyp)
+    import jiwer
+
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return out.substitutions + out.deletions + out.insertions
+
+
 def corpus_wer(pairs: Iterable[tuple[str, str]]) -> float:
     """Word error rate over (reference, hypothesis) pairs: total word edits / total reference words,
     after `normalise_text`. A reference that normalises to no words is an error (WER is undefined)."""
-    import jiwer
-
     refs, hyps = [], []
     for i, (ref, hyp) in enumerate(pairs):
         r = normalise_text(ref)
@@ -43,13 +52,7 @@ def corpus_wer(pairs: Iterable[tuple[str, str]]) -> float:
     if not refs:
         raise ValueError("corpus_wer: no (reference, hypothesis) pairs")
     words = sum(len(r.split()) for r in refs)
-    # jiwer refuses an empty hypothesis; against one, every reference word is a deletion
-    spoken = [(r, h) for r, h in zip(refs, hyps) if h]
-    edits = sum(len(r.split()) for r, h in zip(refs, hyps) if not h)
-    if spoken:
-        out = jiwer.process_words([r for r, _ in spoken], [h for _, h in spoken])
-        edits += out.substitutions + out.deletions + out.insertions
-    return edits / words
+    return sum(word_edits(r.split(), h.split()) for r, h in zip(refs, hyps)) / words
 
 
 def wer(ref: str, hyp: str) -> float:

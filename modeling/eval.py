@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dataflux.text_metrics import word_edits
+
 LETTERS = "ABCDEFGHIJ"
 SAMPLING_RATE = 16_000
 PREDICTION_KEY = "model_prediction"  # what MMAU's evaluation.py reads
@@ -251,6 +253,7 @@ def write_mmau_json(items: Iterable[Mapping[str, Any]], path: str | Path) -> Pat
 
 
 # --- WER -----------------------------------------------------------------------------------------
+# (edit distance by jiwer, through dataflux.text_metrics.word_edits)
 
 
 def wer_words(text: str) -> list[str]:
@@ -259,17 +262,6 @@ def wer_words(text: str) -> list[str]:
     text = re.sub(r"[^\w\s']", " ", text)
     text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)
     return text.split()
-
-
-def word_edits(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance over words: substitutions + deletions + insertions, each costing 1."""
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h))
-        previous = current
-    return previous[-1]
 
 
 def wer(ref: str, hyp: str) -> float:
