@@ -7,7 +7,8 @@ mode and the prompt template hash. It never covers the API key or the base URL: 
 model behind another URL gives the same answer.
 
 The DuckDB catalog (`dataflux.storage.catalog.Catalog`) implements `CallCache`; `MemoryCallCache`
-serves runs and benchmarks without a catalog.
+serves runs and benchmarks without a catalog. Both also answer `cache_get_many`/`cache_put_many`,
+which `cache_batches.CacheBatcher` uses to serve many concurrent calls with one query.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ class MemoryCallCache:
                 "response": json.dumps(response, sort_keys=True), "tokens_in": tokens_in,
                 "tokens_out": tokens_out, "cost_usd": cost_usd, "latency_s": latency_s,
             }
+
+    def cache_get_many(self, request_sha256s: list[str]) -> dict[str, dict]:
+        with self._lock:
+            return {k: dict(self._rows[k]) for k in request_sha256s if k in self._rows}
+
+    def cache_put_many(self, calls: list[dict]) -> int:
+        stored = 0
+        for c in calls:
+            with self._lock:
+                if c["request_sha256"] in self._rows:
+                    continue
+            self.cache_put(c["request_sha256"], c["step"], c["model"], c["response"], c.get("tokens_in", 0),
+                           c.get("tokens_out", 0), c.get("cost_usd", 0.0), c.get("latency_s", 0.0))
+            stored += 1
+        return stored
 
     def __len__(self) -> int:
         return len(self._rows)
