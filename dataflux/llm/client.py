@@ -13,8 +13,8 @@ A content-addressed cache (`cache.CallCache`, the DuckDB catalog in a run) answe
 requests without a call. Replies that are the model's own (valid, or invalid after repair) are
 cached; transport failures are not, so a rerun retries them.
 
-Requests go straight over HTTP (`transport.HttpTransport`: one keep-alive pool per endpoint per
-process, shared by every partition's event loop); bodies are rendered with orjson from a part
+Requests go straight over HTTP (`transport.HttpTransport`: one keep-alive pool per endpoint and
+event loop, under the endpoint's concurrency limit, which holds across loops and threads); bodies are rendered with orjson from a part
 prepared once per client and step schema, and replies parsed with orjson into the few fields a
 call needs. Cache reads and writes of concurrent calls are batched (`cache_batches`).
 """
@@ -194,8 +194,10 @@ class LLMClient:
         return text
 
     async def aclose(self) -> None:
-        """Kept for callers that close a client when their loop ends. The connection pool is the
-        process's and outlives any one loop (`transport.close_pools` closes it)."""
+        """Close the running loop's connections to the endpoint (call before the loop ends)."""
+        close = getattr(self.transport, "aclose", None)
+        if close is not None:
+            await close()
 
     def _response_format(self, step: str, schema: dict | None) -> Any:
         """The endpoint's `response_format` for a step's schema as a pre-encoded JSON fragment."""
@@ -261,7 +263,7 @@ class LLMClient:
                     reply = await send(headers)
                     self._check_status(reply)
                     try:
-                        return parse(reply.body)
+                        parsed = parse(reply.body)
                     except (ValueError, TypeError, AttributeError) as exc:  # a 200 that is no completion
                         raise _Retryable("server_error", f"unreadable reply body ({type(exc).__name__}: {exc})",
                                          None) from None
@@ -271,6 +273,14 @@ class LLMClient:
                     reason, retry_after, detail = "timeout", None, self._scrub(f"timeout: {exc}")[:500]
                 except TransportConnectionError as exc:
                     reason, retry_after, detail = "connection", None, self._scrub(f"connection: {exc}")[:500]
+                else:
+                    reason = None
+            if reason is None:
+                # Let the call that got this slot send its request before this reply is checked:
+                # replies that arrive together would otherwise all be checked before any new
+                # request goes out, and the requests would travel in waves.
+                await asyncio.sleep(0)
+                return parsed
             self.counters.event(name, reason)
             if attempt >= int(self.endpoint.max_retries):
                 raise _TransportFailure(reason, detail)
