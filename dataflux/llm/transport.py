@@ -1,5 +1,8 @@
 """HTTP to one model endpoint: a keep-alive connection pool per event loop, bytes in and out.
 
+JSON requests go through the lean HTTP/1.1 client in `http1`; multipart uploads and requests
+through a proxy go through aiohttp.
+
 A run processes partitions in several threads, each with its own asyncio loop, and a connection
 belongs to the loop that opened it. So each loop gets its own pool for the endpoint, opened on
 its first request and closed by `aclose()` when the partition ends; what holds across loops and
@@ -24,6 +27,11 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import aiohttp
+
+from dataflux.llm.http1 import Http1Pool
+
+
+_timeout = getattr(asyncio, "timeout", None)  # 3.11+: no task per request, unlike wait_for
 
 
 class TransportTimeout(Exception):
@@ -69,6 +77,14 @@ class HttpTransport:
             weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self.proxy = _env_proxy(self.base_url)
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{base_url!r}: an endpoint's base_url must be an http:// or https:// URL")
+        self._scheme, self._host = parts.scheme, parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._path = parts.path.rstrip("/")
+        self._http1_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Http1Pool]" = \
+            weakref.WeakKeyDictionary()
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -95,9 +111,32 @@ class HttpTransport:
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportConnectionError(f"{url}: {type(exc).__name__}: {exc}") from exc
 
+    def _http1(self) -> Http1Pool:
+        loop = asyncio.get_running_loop()
+        pool = self._http1_pools.get(loop)
+        if pool is None:
+            pool = Http1Pool(self._scheme, self._host, self._port)
+            with self._lock:
+                self._http1_pools[loop] = pool
+        return pool
+
     async def post_json(self, path: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
         hdrs = {"Content-Type": "application/json", "Accept": "application/json", **headers}
-        return await self._post(path, hdrs, body)
+        if self.proxy is not None:
+            return await self._post(path, hdrs, body)
+        url = self.base_url + path
+        request = self._http1().post(self._path + path, body, hdrs)
+        try:
+            if _timeout is not None:
+                async with _timeout(self.timeout_s):
+                    status, reply_headers, reply_body = await request
+            else:  # Python 3.10
+                status, reply_headers, reply_body = await asyncio.wait_for(request, self.timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise TransportTimeout(f"no reply from {url} within {self.timeout_s:g} s") from exc
+        except (ConnectionError, OSError) as exc:
+            raise TransportConnectionError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        return HttpReply(status, reply_headers, reply_body)
 
     async def post_form(self, path: str, fields: dict, file: FormFile, headers: Mapping[str, str]) -> HttpReply:
         form = aiohttp.FormData()
@@ -106,14 +145,13 @@ class HttpTransport:
         form.add_field(file.field, file.data, filename=file.filename, content_type=file.content_type)
         return await self._post(path, dict(headers), form)
 
-    def pools(self) -> int:
-        """How many loops hold an open pool to this endpoint."""
-        with self._lock:
-            return sum(1 for s in list(self._sessions.values()) if not s.closed)
-
     async def aclose(self) -> None:
-        """Close the running loop's pool (call before the loop ends)."""
+        """Close the running loop's connections (call before the loop ends)."""
+        loop = asyncio.get_running_loop()
         with self._lock:
-            session = self._sessions.pop(asyncio.get_running_loop(), None)
+            session = self._sessions.pop(loop, None)
+            pool = self._http1_pools.pop(loop, None)
+        if pool is not None:
+            pool.close()
         if session is not None:
             await session.close()
