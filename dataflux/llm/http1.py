@@ -138,6 +138,16 @@ def _dechunk(buf: bytearray, pos: int) -> bytes | None:
         pos += size + 2
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Certificates checked against certifi's bundle where installed (as the OpenAI SDK does),
+    else the system's."""
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class Http1Pool:
     """Keep-alive connections to one host for the loop that made the pool."""
 
@@ -146,7 +156,7 @@ class Http1Pool:
         self.host = host
         self.port = port
         self.host_header = host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
-        self._ssl = ssl.create_default_context() if scheme == "https" else None
+        self._ssl = _tls_context() if scheme == "https" else None
         self._idle: list[_Connection] = []
 
     async def _open(self) -> _Connection:
