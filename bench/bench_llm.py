@@ -1,18 +1,19 @@
 """Throughput, client CPU and cost accounting of the LLM client against a local server with a fixed
 latency, and calls per second served from a warm catalog cache.
 
-    python bench/bench_llm.py [--concurrency 64 256 1024] [--latency-ms 200] [--repeats 3]
+    python bench/bench_llm.py [--concurrency 64 256 1024] [--latency-ms 200] [--repeats 3] [--waves 5]
                               [--paths sdk http] [--cached-calls 100000] [--strict]
 
 A lean local OpenAI-compatible server (bench/llm_bench_server.py, in its own process) answers
 every chat request after `latency-ms`. For each client path and concurrency, the client sends
-`5 x concurrency` JSON-schema calls (at least 1,280) with the endpoint's concurrency limit set to
-`concurrency`; with no overhead it would finish at the ideal rate `concurrency / latency`.
+`waves x concurrency` JSON-schema calls (at least 1,280) with the endpoint's concurrency limit set to
+`concurrency`; with no overhead it would finish at the ideal rate `concurrency / latency`. The
+server's own CPU per request is printed too, to show it is not the ceiling.
 Reported per row (medians over `repeats`): achieved requests/s, the ratio to the ideal (target
 >= 0.9 at 64 and 256), client and server CPU per request (process CPU time / requests), and whether
 the client's cost report equals the token counts the server says it returned.
 
-Paths: `http` is the client as it runs (`LLMClient` over the shared aiohttp pool); `sdk` is the
+Paths: `http` is the client as it runs (`LLMClient` over its lean HTTP/1.1 pool); `sdk` is the
 same client with every request sent through the OpenAI SDK's `chat.completions.create`, the path
 the client used before, as the baseline.
 

@@ -14,9 +14,10 @@ requests without a call. Replies that are the model's own (valid, or invalid aft
 cached; transport failures are not, so a rerun retries them.
 
 Requests go straight over HTTP (`transport.HttpTransport`: one keep-alive pool per endpoint and
-event loop, under the endpoint's concurrency limit, which holds across loops and threads); bodies are rendered with orjson from a part
-prepared once per client and step schema, and replies parsed with orjson into the few fields a
-call needs. Cache reads and writes of concurrent calls are batched (`cache_batches`).
+event loop, under the endpoint's concurrency limit, which holds across loops and threads).
+Bodies are rendered with orjson around a `response_format` encoded once per step schema (a
+schema is not changed after its first use), and replies are parsed with orjson into the few
+fields a call needs. Cache reads and writes of concurrent calls are batched (`cache_batches`).
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ class LLMClient:
             fmt = response_format(self.endpoint.structured_output, step, schema)
             entry = (schema, None if fmt is None else orjson.Fragment(orjson.dumps(fmt)))
             with self._formats_lock:
+                if len(self._formats) >= 256:  # callers that build a schema per call: stay bounded
+                    self._formats.clear()
                 self._formats[key] = entry
         return entry[1]
 
