@@ -101,7 +101,7 @@ class _Connection(asyncio.Protocol):
             name, _, value = line.partition(":")
             name = name.strip().lower()
             headers[name] = f"{headers[name]}, {value.strip()}" if name in headers else value.strip()
-        if status == 100:  # an interim reply: drop it and wait for the real one
+        if 100 <= status < 200:  # an interim reply (100 Continue, 103 Early Hints): wait for the real one
             del buf[:head_end + 4]
             return self._parse(final=final) if buf else None
         keep_alive = headers.get("connection", "").lower() != "close" and version != "HTTP/1.0"
