@@ -144,7 +144,8 @@ async def scripted_server(replies: list[bytes], close_after_each: bool):
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        writer.close()
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1], state
@@ -162,6 +163,7 @@ def test_http1_reads_chunked_and_length_bodies_over_one_kept_alive_connection():
             first = await pool.post("/v1/x", b"{}", {})
             second = await pool.post("/v1/x", b"{}", {})
             pool.close()
+            await asyncio.sleep(0.05)  # the server's handler sees the close and ends
         return first, second, state
 
     first, second, state = asyncio.run(main())
