@@ -188,3 +188,30 @@ def test_http1_replaces_a_kept_alive_connection_the_server_closed():
     first, second, state = asyncio.run(main())
     assert first[2] == second[2] == b"ok"
     assert state["connections"] == 2
+
+
+@pytest.mark.parametrize("fmt", ["input_audio", "audio_url"])
+def test_a_clips_audio_is_encoded_once_and_hashes_as_before(fmt):
+    import numpy as np
+
+    from dataflux.llm.cache import request_sha256
+    from dataflux.llm.messages import clip_audio_part, clip_wav, with_audio
+    from dataflux.records import Clip, SourceItem
+
+    def clip(freq: float) -> Clip:
+        t = np.arange(8000, dtype=np.float32) / 16000
+        return Clip(SourceItem("demo", f"c{freq}", labels={}), "a" * 64,
+                    (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 16000, 8000, {}, {})
+
+    def key(messages):
+        return request_sha256(model="m", messages=messages, params={}, schema=None, structured_output="text",
+                              prompt_sha256="p")
+
+    prompt = [{"role": "user", "content": "which pitch?"}]
+    a, b = clip(440.0), clip(880.0)
+    first, again = with_audio(prompt, clip_audio_part(a, fmt), fmt), with_audio(prompt, clip_audio_part(a, fmt), fmt)
+    fresh = with_audio(prompt, clip_wav(a), fmt)  # encoded anew, as every call did before
+    assert first == fresh and key(first) == key(again) == key(fresh)
+    inner = "input_audio" if fmt == "input_audio" else "audio_url"
+    assert first[0]["content"][0][inner] is again[0]["content"][0][inner]  # the same encoding, reused
+    assert key(with_audio(prompt, clip_audio_part(b, fmt), fmt)) != key(first)
