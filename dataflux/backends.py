@@ -1,9 +1,10 @@
 """Build the step backends a run uses from `steps:` in data_catalog.yaml.
 
 Reference backends are the offline default; `openai` backends talk to any OpenAI-compatible
-server; `local` answerers load a trained checkpoint in-process. One run shares a budget and a
-set of call counters across all its partitions in a process; each partition gets its own
-endpoint pool (the async clients belong to the partition's event loop).
+server; `local` answerers load a trained checkpoint in-process. One run shares a budget, a
+set of call counters and one endpoint pool across all its partitions in a process (with
+`run.task_runner: ray`, per worker process): an endpoint's concurrency limit holds across the
+partitions' event loops, and each loop keeps its own kept-alive connections.
 """
 
 from __future__ import annotations

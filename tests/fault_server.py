@@ -158,6 +158,7 @@ class FaultServer:
         self.seen: Counter = Counter()  # conversation key -> requests so far
         self.stats = Counter()  # requests, replies, prompt_tokens, completion_tokens, faults:<kind>
         self.in_flight = 0
+        self.connections: set[tuple] = set()  # client (host, port) pairs seen: one per TCP connection
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -224,6 +225,8 @@ class FaultServer:
             self.stats["requests"] += 1
             self.in_flight += 1
             self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self.in_flight)
+            if request.client is not None:
+                self.connections.add((request.client.host, request.client.port))
             if self.keep_requests:
                 self.requests.append({"path": "/v1/chat/completions", "headers": dict(request.headers),
                                       "body": body})

@@ -26,7 +26,7 @@ from dataflux.llm.budget import Budget
 from dataflux.llm.cache import CallCache
 from dataflux.llm.client import EndpointPool, LLMClient
 from dataflux.llm.endpoint import EndpointConfigError
-from dataflux.llm.messages import clip_wav, with_audio
+from dataflux.llm.messages import clip_audio_part, clip_wav, with_audio
 from dataflux.llm.prompts import Prompt, load_prompt
 from dataflux.records import Clip
 from dataflux.steps.base import Answer, Call, Caption, Category, Generation, Question, Verdict
@@ -90,7 +90,8 @@ class _Step:
         return self.client.endpoint.model
 
     def _audio(self, messages: list[dict], clip: Clip) -> list[dict]:
-        return with_audio(messages, clip_wav(clip), self.client.endpoint.audio_format)
+        fmt = self.client.endpoint.audio_format
+        return with_audio(messages, clip_audio_part(clip, fmt), fmt)
 
     def _require_audio(self, where: str) -> None:
         ep = self.client.endpoint

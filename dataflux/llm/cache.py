@@ -7,7 +7,8 @@ mode and the prompt template hash. It never covers the API key or the base URL: 
 model behind another URL gives the same answer.
 
 The DuckDB catalog (`dataflux.storage.catalog.Catalog`) implements `CallCache`; `MemoryCallCache`
-serves runs and benchmarks without a catalog.
+serves runs and benchmarks without a catalog. Both also answer `cache_get_many`/`cache_put_many`,
+which `cache_batches.CacheBatcher` uses to serve many concurrent calls with one query.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ class MemoryCallCache:
                 "tokens_out": tokens_out, "cost_usd": cost_usd, "latency_s": latency_s,
             }
 
+    def cache_get_many(self, request_sha256s: list[str]) -> dict[str, dict]:
+        with self._lock:
+            return {k: dict(self._rows[k]) for k in request_sha256s if k in self._rows}
+
+    def cache_put_many(self, calls: list[dict]) -> int:
+        stored = 0
+        for c in calls:
+            with self._lock:
+                if c["request_sha256"] in self._rows:
+                    continue
+            self.cache_put(c["request_sha256"], c["step"], c["model"], c["response"], c.get("tokens_in", 0),
+                           c.get("tokens_out", 0), c.get("cost_usd", 0.0), c.get("latency_s", 0.0))
+            stored += 1
+        return stored
+
     def __len__(self) -> int:
         return len(self._rows)
 
@@ -56,16 +72,37 @@ class MemoryCallCache:
             return [dict(r) for r in self._rows.values()]
 
 
+_DIGESTS_KEPT = 64
+# id(string carrying the audio) -> (that string, the digest of its audio): a clip's part is reused
+# with the same string (`messages.clip_audio_part`), so its bytes are decoded and hashed once.
+# The string is held, so its id cannot pass to another string while the entry lives.
+_digests: dict[int, tuple[str, str]] = {}
+_digests_lock = threading.Lock()
+
+
+def _audio_sha256(carrier: str, payload: str) -> str:
+    """sha256 of the base64 `payload` found in the string `carrier`, remembered per carrier."""
+    hit = _digests.get(id(carrier))
+    if hit is not None and hit[0] is carrier:
+        return hit[1]
+    digest = hashlib.sha256(base64.b64decode(payload)).hexdigest()
+    with _digests_lock:
+        if len(_digests) >= _DIGESTS_KEPT:
+            _digests.pop(next(iter(_digests)))
+        _digests[id(carrier)] = (carrier, digest)
+    return digest
+
+
 def _audio_digest(part: dict) -> dict:
     """An audio content part with its payload replaced by the sha256 of the decoded bytes."""
-    kind = part.get("type")
-    if kind == "input_audio":
+    if part.get("type") == "input_audio":
         payload = part["input_audio"]["data"]
         fmt = part["input_audio"].get("format", "")
+        digest = _audio_sha256(payload, payload)
     else:  # audio_url with a data: URL
         url = part["audio_url"]["url"]
         fmt, _, payload = url.partition(";base64,")
-    digest = hashlib.sha256(base64.b64decode(payload)).hexdigest()
+        digest = _audio_sha256(url, payload)
     return {"type": "audio", "format": fmt, "audio_sha256": digest}
 
 

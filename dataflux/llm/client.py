@@ -13,7 +13,11 @@ A content-addressed cache (`cache.CallCache`, the DuckDB catalog in a run) answe
 requests without a call. Replies that are the model's own (valid, or invalid after repair) are
 cached; transport failures are not, so a rerun retries them.
 
-The SDK's own retries are off (`max_retries=0`) so that every retry is ours and counted.
+Requests go straight over HTTP (`transport.HttpTransport`: one keep-alive pool per endpoint and
+event loop, under the endpoint's concurrency limit, which holds across loops and threads).
+Bodies are rendered with orjson around a `response_format` encoded once per step schema (a
+schema is not changed after its first use), and replies are parsed with orjson into the few
+fields a call needs. Cache reads and writes of concurrent calls are batched (`cache_batches`).
 """
 
 from __future__ import annotations
@@ -26,19 +30,20 @@ import logging
 import random
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
-import openai
+import orjson
 
 from dataflux.llm.budget import Budget, BudgetExhausted
 from dataflux.llm.cache import CallCache, request_sha256
+from dataflux.llm.cache_batches import CacheBatcher
 from dataflux.llm.counters import CallCounters
 from dataflux.llm.endpoint import NO_KEY, Endpoint
 from dataflux.llm.limiter import CrossLoopLimiter
 from dataflux.llm.prompts import load_prompt
 from dataflux.llm.structured import ReplyError, check_reply, response_format
+from dataflux.llm.transport import FormFile, HttpReply, HttpTransport, TransportConnectionError, TransportTimeout
 from dataflux.steps.base import Call
 
 log = logging.getLogger("dataflux.llm")
@@ -74,6 +79,16 @@ class _TransportFailure(Exception):
         self.detail = detail
 
 
+class _Retryable(Exception):
+    """A request a retry may cure (429, 5xx, 408, an unreadable 200)."""
+
+    def __init__(self, reason: str, detail: str, retry_after: float | None):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = retry_after
+
+
 def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
     if not headers:
@@ -98,15 +113,57 @@ def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+@dataclass(frozen=True)
+class _Completion:
+    """The fields of a chat completion a call uses."""
+
+    model: str | None
+    tokens_in: int
+    tokens_out: int
+    text: str | None
+    finish_reason: str | None
+
+
+def _error_message(body: bytes) -> str:
+    """The `error.message` of an OpenAI-style error body, else the body's start."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace")
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    return body[:300].decode("utf-8", "replace")
+
+
+def _parse_completion(body: bytes) -> _Completion:
+    """Raises ValueError when a 200's body is not a chat completion object."""
+    doc = orjson.loads(body)
+    if not isinstance(doc, dict):
+        raise ValueError(f"the reply is JSON but not an object: {body[:80]!r}")
+    usage = doc.get("usage") or {}
+    choices = doc.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], dict) else None
+    message = (choice or {}).get("message") or {}
+    return _Completion(model=doc.get("model"), tokens_in=int(usage.get("prompt_tokens") or 0),
+                       tokens_out=int(usage.get("completion_tokens") or 0), text=message.get("content"),
+                       finish_reason=(choice or {}).get("finish_reason"))
+
+
 class LLMClient:
     """Calls to one endpoint. Safe to share across tasks, threads and event loops."""
 
     def __init__(self, endpoint: Endpoint, *, cache: CallCache | None = None,
                  budget: Budget | None = None, counters: CallCounters | None = None,
                  backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 transport: Any = None):
         self.endpoint = endpoint
         self.cache = cache
+        self._cache_batches = CacheBatcher(cache) if cache is not None else None
         self.budget = budget if budget is not None else Budget(None)
         self.counters = counters if counters is not None else CallCounters()
         self.limiter = CrossLoopLimiter(int(endpoint.concurrency))
@@ -114,28 +171,16 @@ class LLMClient:
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
         self._rng = random.Random()
-        # httpx clients belong to the loop that created them: one SDK client per event loop.
-        self._sdk: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI]" = \
-            weakref.WeakKeyDictionary()
-        self._sdk_lock = threading.Lock()
+        # Anything with HttpTransport's post_json/post_form will do (benchmarks compare others).
+        self.transport = transport if transport is not None else HttpTransport(endpoint.base_url, endpoint.timeout_s)
+        # (step, schema) -> the response_format, encoded once; the schema is held so its id stays its own.
+        self._formats: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._formats_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _client(self) -> openai.AsyncOpenAI:
-        loop = asyncio.get_running_loop()
-        with self._sdk_lock:
-            client = self._sdk.get(loop)
-            if client is None:
-                # The real key is never given to the SDK object; it goes per request (see _auth).
-                client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=NO_KEY,
-                                            max_retries=0, timeout=float(self.endpoint.timeout_s))
-                self._sdk[loop] = client
-        return client
-
-    def _auth(self) -> dict[str, str] | None:
+    def _headers(self) -> dict[str, str]:
         """Per-request Authorization header, the key read from the environment now."""
-        if not self.endpoint.api_key_env:
-            return None
         return {"Authorization": f"Bearer {self.endpoint.api_key()}"}
 
     def _scrub(self, text: str) -> str:
@@ -150,11 +195,25 @@ class LLMClient:
         return text
 
     async def aclose(self) -> None:
-        """Close the SDK client of the running loop (call before `asyncio.run` returns)."""
-        with self._sdk_lock:
-            client = self._sdk.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
+        """Close the running loop's connections to the endpoint (call before the loop ends)."""
+        close = getattr(self.transport, "aclose", None)
+        if close is not None:
+            await close()
+
+    def _response_format(self, step: str, schema: dict | None) -> Any:
+        """The endpoint's `response_format` for a step's schema as a pre-encoded JSON fragment."""
+        if schema is None:
+            return None
+        key = (step, id(schema))
+        entry = self._formats.get(key)
+        if entry is None or entry[0] is not schema:
+            fmt = response_format(self.endpoint.structured_output, step, schema)
+            entry = (schema, None if fmt is None else orjson.Fragment(orjson.dumps(fmt)))
+            with self._formats_lock:
+                if len(self._formats) >= 256:  # callers that build a schema per call: stay bounded
+                    self._formats.clear()
+                self._formats[key] = entry
+        return entry[1]
 
     def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -163,37 +222,34 @@ class LLMClient:
             return wait + self._rng.uniform(0, 0.1 * wait + 0.01)
         return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
 
-    def _classify(self, exc: Exception) -> tuple[str, float | None]:
-        """(failure reason, Retry-After seconds) for a retryable error; raises otherwise."""
+    def _check_status(self, reply: HttpReply) -> None:
+        """Return for a 2xx; raise _Retryable for what a retry may cure, EndpointError for what it
+        cannot (bad key, unknown model or path), _TransportFailure otherwise."""
+        status = reply.status
+        if 200 <= status < 300:
+            return
         name = self.endpoint.name
-        if isinstance(exc, openai.APITimeoutError):
-            return "timeout", None
-        if isinstance(exc, openai.APIConnectionError):
-            return "connection", None
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            retry_after = _retry_after_s(exc.response.headers if exc.response is not None else None)
-            if status == 429:
-                return "rate_limited", retry_after
-            if status == 408:
-                return "timeout", retry_after
-            if status == 409 or status >= 500:
-                return "server_error", retry_after
-            if status in (401, 403):
-                raise EndpointError(
-                    f"endpoint {name} ({self.endpoint.base_url}) refused the credentials (HTTP {status}): "
-                    f"check the key in ${self.endpoint.api_key_env or '<no api_key_env configured>'}") from None
-            if status == 404:
-                raise EndpointError(
-                    f"endpoint {name}: HTTP 404 from {self.endpoint.base_url} for model "
-                    f"{self.endpoint.model!r}: check base_url (usually ends in /v1) and model") from None
-            raise _TransportFailure("client_error", self._scrub(f"HTTP {status}: {exc.message}"[:500]))
-        if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError)):
-            return "server_error", None  # a 200 whose body is not an OpenAI response
-        raise exc
+        retry_after = _retry_after_s(reply.headers)
+        if status == 429:
+            raise _Retryable("rate_limited", f"HTTP 429: {_error_message(reply.body)}", retry_after)
+        if status == 408:
+            raise _Retryable("timeout", f"HTTP 408: {_error_message(reply.body)}", retry_after)
+        if status == 409 or status >= 500:
+            raise _Retryable("server_error", f"HTTP {status}: {_error_message(reply.body)}", retry_after)
+        if status in (401, 403):
+            raise EndpointError(
+                f"endpoint {name} ({self.endpoint.base_url}) refused the credentials (HTTP {status}): "
+                f"check the key in ${self.endpoint.api_key_env or '<no api_key_env configured>'}")
+        if status == 404:
+            raise EndpointError(
+                f"endpoint {name}: HTTP 404 from {self.endpoint.base_url} for model "
+                f"{self.endpoint.model!r}: check base_url (usually ends in /v1) and model")
+        raise _TransportFailure("client_error",
+                                self._scrub(f"HTTP {status}: {_error_message(reply.body)}"[:500]))
 
-    async def _send(self, send: Callable[[openai.AsyncOpenAI, dict | None], Awaitable[Any]]) -> Any:
-        """One request with transport retries. Raises _TransportFailure or BudgetExhausted."""
+    async def _send(self, send: Callable[[dict], Awaitable[HttpReply]], parse: Callable[[bytes], Any]) -> Any:
+        """One request with transport retries; returns `parse(body)` of the first good reply.
+        Raises _TransportFailure or BudgetExhausted."""
         name = self.endpoint.name
         attempt = 0
         while True:
@@ -203,14 +259,31 @@ class LLMClient:
                 self.counters.event(name, "budget_exhausted")
                 self.counters.failed(name, "budget_exhausted")
                 raise
-            auth = self._auth()
+            headers = self._headers()
             async with self.limiter:
                 self.counters.add(name, "requests")
                 try:
-                    return await send(self._client(), auth)
-                except (openai.OpenAIError, json.JSONDecodeError) as exc:
-                    reason, retry_after = self._classify(exc)
-                    detail = self._scrub(f"{type(exc).__name__}: {exc}")[:500]
+                    reply = await send(headers)
+                    self._check_status(reply)
+                    try:
+                        parsed = parse(reply.body)
+                    except (ValueError, TypeError, AttributeError) as exc:  # a 200 that is no completion
+                        raise _Retryable("server_error", f"unreadable reply body ({type(exc).__name__}: {exc})",
+                                         None) from None
+                except _Retryable as exc:
+                    reason, retry_after, detail = exc.reason, exc.retry_after, self._scrub(exc.detail)[:500]
+                except TransportTimeout as exc:
+                    reason, retry_after, detail = "timeout", None, self._scrub(f"timeout: {exc}")[:500]
+                except TransportConnectionError as exc:
+                    reason, retry_after, detail = "connection", None, self._scrub(f"connection: {exc}")[:500]
+                else:
+                    reason = None
+            if reason is None:
+                # Let the call that got this slot send its request before this reply is checked:
+                # replies that arrive together would otherwise all be checked before any new
+                # request goes out, and the requests would travel in waves.
+                await asyncio.sleep(0)
+                return parsed
             self.counters.event(name, reason)
             if attempt >= int(self.endpoint.max_retries):
                 raise _TransportFailure(reason, detail)
@@ -223,17 +296,25 @@ class LLMClient:
 
     # -- logical calls ----------------------------------------------------------------------
 
+    def request_key(self, *, messages: list[dict], schema: dict | None, temperature: float = 0.0,
+                    max_tokens: int = 1024, prompt_sha256: str = "") -> str:
+        """The cache key `complete` uses for these arguments."""
+        mode = self.endpoint.structured_output if schema is not None else "text"
+        params = {"temperature": temperature, "max_tokens": max_tokens, "structured_output": mode}
+        return request_sha256(model=self.endpoint.model, messages=messages, params=params, schema=schema,
+                              structured_output=mode, prompt_sha256=prompt_sha256)
+
     async def _from_cache(self, key: str, step: str, backend: str, prompt_sha256: str,
                           params: dict, seed: int | None) -> Reply | None:
-        if self.cache is None:
+        if self._cache_batches is None:
             return None
-        # The catalog is a DuckDB file: its I/O runs off the event loop.
-        row = await asyncio.to_thread(self.cache.cache_get, key)
+        # The catalog is a DuckDB file: its I/O runs off the event loop, many lookups per query.
+        row = await self._cache_batches.get(key)
         if row is None:
             return None
         response = row["response"]
-        if isinstance(response, str):
-            response = json.loads(response)
+        if isinstance(response, (str, bytes)):
+            response = orjson.loads(response)
         self.counters.add(self.endpoint.name, "calls")
         self.counters.add(self.endpoint.name, "cache_hits")
         call = Call(step=step, backend=backend, model=row["model"], prompt_sha256=prompt_sha256,
@@ -258,45 +339,43 @@ class LLMClient:
         if hit is not None:
             return hit
         self.counters.add(ep.name, "calls")
-        fmt = response_format(ep.structured_output, step, schema)
+        # What every request of this call sends; messages and max_tokens may change per attempt.
+        fixed: dict[str, Any] = {"model": ep.model, "temperature": temperature}
+        if seed is not None:
+            fixed["seed"] = seed
+        fmt = self._response_format(step, schema)
+        if fmt is not None:
+            fixed["response_format"] = fmt
         t0 = time.perf_counter()
         tokens_in = tokens_out = 0
         model = ep.model
-        attempt_messages = list(messages)
+        attempt_messages = messages
         attempt_max_tokens = max_tokens
         lengthened = repaired = False
         text: str | None = None
         failure: str | None = None
         data: Any = None
+        transport = self.transport
         while True:
-            async def send(client: openai.AsyncOpenAI, auth: dict | None):
-                kwargs: dict[str, Any] = dict(model=ep.model, messages=attempt_messages,
-                                              temperature=temperature, max_tokens=attempt_max_tokens)
-                if seed is not None:
-                    kwargs["seed"] = seed
-                if fmt is not None:
-                    kwargs["response_format"] = fmt
-                if auth:
-                    kwargs["extra_headers"] = auth
-                return await client.chat.completions.create(**kwargs)
+            body = orjson.dumps({**fixed, "messages": attempt_messages, "max_tokens": attempt_max_tokens})
+
+            def send(headers: dict, body: bytes = body) -> Awaitable[HttpReply]:
+                return transport.post_json("/chat/completions", body, headers)
 
             try:
-                resp = await self._send(send)
+                resp: _Completion = await self._send(send, _parse_completion)
             except _TransportFailure as tf:
                 return await self._failed(step, backend, model, prompt_sha256, params, seed, tokens_in,
                                           tokens_out, t0, tf.reason, text, key, cache=False, detail=tf.detail)
             model = resp.model or model
-            usage = resp.usage
-            r_in = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
-            r_out = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+            r_in, r_out = resp.tokens_in, resp.tokens_out
             tokens_in += r_in
             tokens_out += r_out
             cost = ep.cost_usd(r_in, r_out)
             self.counters.spend(ep.name, r_in, r_out, cost)
             self.budget.charge(cost)
-            choice = resp.choices[0] if resp.choices else None
-            text = choice.message.content if choice is not None else None
-            if choice is not None and choice.finish_reason == "length":
+            text = resp.text
+            if resp.finish_reason == "length":
                 self.counters.event(ep.name, "truncated")
                 if not lengthened:
                     lengthened = True
@@ -333,7 +412,7 @@ class LLMClient:
                 ]
         if failure is not None:
             return await self._failed(step, backend, model, prompt_sha256, params, seed, tokens_in,
-                                tokens_out, t0, failure, text, key, cache=True)
+                                      tokens_out, t0, failure, text, key, cache=True)
         latency = time.perf_counter() - t0
         self.counters.add(ep.name, "ok")
         call = Call(step=step, backend=backend, model=model, prompt_sha256=prompt_sha256,
@@ -356,13 +435,15 @@ class LLMClient:
         return Reply(data=None, text=text, call=call, request_sha256=key)
 
     async def _store(self, key: str, step: str, model: str, response: dict, call: Call) -> None:
-        if self.cache is not None:
-            await asyncio.to_thread(self.cache.cache_put, key, step, model, response, call.tokens_in,
-                                    call.tokens_out, call.cost_usd, call.latency_s)
+        if self._cache_batches is not None:
+            await self._cache_batches.put({
+                "request_sha256": key, "step": step, "model": model, "response": response,
+                "tokens_in": call.tokens_in, "tokens_out": call.tokens_out, "cost_usd": call.cost_usd,
+                "latency_s": call.latency_s})
 
     async def transcribe(self, wav: bytes, *, step: str = "caption", backend: str = "openai",
                          language: str | None = None) -> Reply:
-        """Speech to text through `audio.transcriptions` (the endpoint's model, e.g. whisper-1)."""
+        """Speech to text through `/audio/transcriptions` (the endpoint's model, e.g. whisper-1)."""
         ep = self.endpoint
         params: dict[str, Any] = {"language": language} if language else {}
         audio_part = {"type": "input_audio",
@@ -375,31 +456,33 @@ class LLMClient:
             return hit
         self.counters.add(ep.name, "calls")
         t0 = time.perf_counter()
+        fields: dict[str, Any] = {"model": ep.model}
+        if language:
+            fields["language"] = language
+        file = FormFile("file", "clip.wav", wav, "audio/wav")
+        transport = self.transport
 
-        async def send(client: openai.AsyncOpenAI, auth: dict | None):
-            kwargs: dict[str, Any] = dict(model=ep.model, file=("clip.wav", wav, "audio/wav"))
-            if language:
-                kwargs["language"] = language
-            if auth:
-                kwargs["extra_headers"] = auth
-            return await client.audio.transcriptions.create(**kwargs)
+        def send(headers: dict) -> Awaitable[HttpReply]:
+            return transport.post_form("/audio/transcriptions", fields, file, headers)
+
+        def parse(body: bytes) -> tuple[str, int, int]:
+            doc = orjson.loads(body)
+            usage = doc.get("usage") or {}
+            return ((doc.get("text") or "").strip(), int(usage.get("input_tokens") or 0),
+                    int(usage.get("output_tokens") or 0))
 
         try:
-            resp = await self._send(send)
+            text, t_in, t_out = await self._send(send, parse)
         except _TransportFailure as tf:
             return await self._failed(step, backend, ep.model, "", params, None, 0, 0, t0, tf.reason, None,
                                       key, cache=False, detail=tf.detail)
-        usage = getattr(resp, "usage", None)
-        t_in = int(getattr(usage, "input_tokens", 0) or 0) if usage else 0
-        t_out = int(getattr(usage, "output_tokens", 0) or 0) if usage else 0
         cost = ep.cost_usd(t_in, t_out)
         self.counters.spend(ep.name, t_in, t_out, cost)
         self.budget.charge(cost)
-        text = (getattr(resp, "text", None) or "").strip()
         if not text:
             self.counters.event(ep.name, "invalid_json")
             return await self._failed(step, backend, ep.model, "", params, None, t_in, t_out, t0,
-                                "invalid_json", text, key, cache=True)
+                                      "invalid_json", text, key, cache=True)
         self.counters.add(ep.name, "ok")
         call = Call(step=step, backend=backend, model=ep.model, params=params, tokens_in=t_in,
                     tokens_out=t_out, cost_usd=cost, latency_s=time.perf_counter() - t0)

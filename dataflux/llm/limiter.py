@@ -60,6 +60,13 @@ class CrossLoopLimiter:
             loop, fut = self._waiters.popleft()
         # The slot passes straight to the waiter; it is never counted free in between.
         try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # same loop: no wake-up through the loop's self-pipe needed
+            self._grant(fut)
+            return
+        try:
             loop.call_soon_threadsafe(self._grant, fut)
         except RuntimeError:  # the waiter's loop is closed: pass the slot on
             self.release()

@@ -584,6 +584,47 @@ class Catalog:
                          int(tokens_in), int(tokens_out), float(cost_usd), float(latency_s), _now()])
         return True
 
+    def cache_get_many(self, request_sha256s: list[str]) -> dict[str, dict[str, Any]]:
+        """`cache_get` for many hashes in one query: {hash: cached call} for the hashes found."""
+        keys = sorted(set(request_sha256s))
+        if not keys:
+            return {}
+        with self._connect() as con:
+            cur = con.execute("SELECT * FROM calls WHERE request_sha256 IN (SELECT unnest(?::VARCHAR[]))", [keys])
+            cols = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        out = {}
+        for row in rows:
+            rec = dict(zip(cols, row))
+            rec["response"] = _json_value(rec["response"])
+            rec["created_at"] = _iso(rec["created_at"])
+            out[rec["request_sha256"]] = rec
+        return out
+
+    def cache_put_many(self, calls: list[dict[str, Any]]) -> int:
+        """`cache_put` for many calls (dicts of its arguments) in one transaction; the first stored
+        response of a hash wins, within the batch too. Returns how many were stored."""
+        first: dict[str, dict[str, Any]] = {}
+        for c in calls:
+            first.setdefault(c["request_sha256"], c)
+        if not first:
+            return 0
+        rows = list(first.values())
+        columns = [
+            [c["request_sha256"] for c in rows], [c["step"] for c in rows], [c["model"] for c in rows],
+            [_json_text(c["response"], f"call {c['request_sha256']}: response") for c in rows],
+            [int(c.get("tokens_in", 0)) for c in rows], [int(c.get("tokens_out", 0)) for c in rows],
+            [float(c.get("cost_usd", 0.0)) for c in rows], [float(c.get("latency_s", 0.0)) for c in rows],
+        ]
+        with self._transaction() as con:
+            before = con.execute("SELECT count(*) FROM calls").fetchall()[0][0]
+            con.execute(
+                "INSERT OR IGNORE INTO calls SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                "unnest(?::VARCHAR[]), unnest(?::VARCHAR[])::JSON, unnest(?::BIGINT[]), unnest(?::BIGINT[]), "
+                "unnest(?::DOUBLE[]), unnest(?::DOUBLE[]), ?", [*columns, _now()])
+            after = con.execute("SELECT count(*) FROM calls").fetchall()[0][0]
+        return int(after - before)
+
     # --- trainings ------------------------------------------------------------------------------
 
     def record_training(self, training_id: str, version_id: str, checkpoint: str | None = None,
