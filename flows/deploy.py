@@ -7,7 +7,6 @@
   configured preset.
 * `serve_deployments(...)`: serve them from this process (the runner polls every `query_seconds`).
 * `LocalServer`: a Prefect server with its UI on 127.0.0.1, for `dataflux server` and the tests.
-* `publish_version_artifact(...)`: the version's summary as a Markdown artifact of the current run.
 """
 
 from __future__ import annotations
@@ -172,22 +171,6 @@ def serve_deployments(deployments: list, *, query_seconds: float = 1.0, limit: i
 
 
 # --- artifacts ---------------------------------------------------------------------------------
-
-
-def artifact_key(version_id: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "dataflux-" + re.sub(r"[^a-z0-9-]+", "-", version_id.lower()).strip("-")
-
-
-def publish_version_artifact(catalog, version_id: str) -> Any:
-    """Publish version `version_id`'s summary as a Markdown artifact of the current flow run.
-    Returns the artifact id."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from dataflux.report import summary_markdown
-
-    return create_markdown_artifact(markdown=summary_markdown(catalog, version_id), key=artifact_key(version_id),
-                                    description=f"DataFlux version {version_id}")
 
 
 # --- a local server ----------------------------------------------------------------------------

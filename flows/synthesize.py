@@ -233,7 +233,7 @@ def _flow_run_id() -> str | None:
 
 def _publish_summary(catalog, version_id: str) -> None:
     try:
-        from flows.deploy import publish_version_artifact
+        from flows.artifacts import publish_version_artifact
 
         publish_version_artifact(catalog, version_id)
     except Exception as exc:  # the artifact is a view; the version is finalized either way

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 import pytest
 
 from dataflux.storage.catalog import Catalog
-from flows.deploy import SERVER_ENV, SERVER_STARTUP_TIMEOUT_S, LocalServer, artifact_key, free_port, server_healthy
+from flows.artifacts import artifact_key
+from flows.deploy import SERVER_ENV, SERVER_STARTUP_TIMEOUT_S, LocalServer, free_port, server_healthy
 
 pytestmark = pytest.mark.slow
 

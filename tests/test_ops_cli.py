@@ -9,11 +9,11 @@ import pytest
 
 from dataflux.cli import main
 from dataflux.config import load_config
+from flows.artifacts import artifact_key
 from flows.deploy import (
     CATALOG_LABEL,
     FINALIZED_EVENT,
     ServeError,
-    artifact_key,
     schedule_deployments,
     server_healthy,
     free_port,

@@ -194,7 +194,7 @@ def test_finalization_publishes_the_summary_as_a_prefect_artifact(demo_version):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.deploy import artifact_key
+    from flows.artifacts import artifact_key
 
     catalog, summary = demo_version
     key = artifact_key(summary["version"])
@@ -215,7 +215,7 @@ def test_markdown_summary_does_not_need_the_plotting_library():
     # matplotlib comes with the `ops` extra; `make demo` publishes its summary artifact without it
     code = ("import sys; sys.modules['matplotlib'] = None\n"
             "from dataflux.report import summary_markdown, version_markdown\n"
-            "from flows.deploy import publish_version_artifact\n")
+            "from flows.artifacts import publish_version_artifact\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=str(Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0, proc.stderr[-2000:]
