@@ -94,6 +94,7 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
                              run_sources=None):
     from dataflux.audio.analyze import analyze_item
     from dataflux.audio.relative import add_relative_facts
+    from dataflux.audio.speakers import add_speaker_facts
     from dataflux.loop import LoopConfig, LoopStats, run_clip
     from dataflux.sources.registry import open_source
     from dataflux.backends import build_steps
@@ -170,6 +171,8 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
         clips.append(analysed)
 
     add_relative_facts(clips, leaf_ids)
+    for withdrawn in add_speaker_facts(clips, leaf_ids):  # a claim withdrawn, its clip kept
+        rejects.append(withdrawn)
     semaphore = asyncio.Semaphore(int(config.data["run"].get("concurrency", 16)))
     loop_stats = LoopStats()
     budget_exhausted = False

@@ -104,6 +104,20 @@ def test_judge_does_not_let_the_caption_alone_decide_a_measurable_fact():
     assert v.final_action == "DISCARD" and v.winner == "NONE" and "inconclusive" in v.reasoning
 
 
+def test_judge_keeps_an_unmeasured_claim_only_when_the_speaker_s_other_clips_make_it_too():
+    gender = TAX.leaf("speaker_gender")
+    q = Question("Which best describes the speaker's voice?", ["female", "male", "child", "synthetic voice"], 1)
+    corroborated = {"speaker_gender": None, "raw": {"f0_median_hz": 187.0, "speaker_claim_majority": "male",
+                                                     "speaker_claim_agreeing": 46, "speaker_claim_total": 48}}
+    v, _ = verdict_for({"speaker_gender": "male"}, corroborated, q, gender)
+    assert v.final_action == "KEEP_USING_WINNER" and v.measured_agrees is None
+    assert "46 of 48 clips of the same speaker" in v.reasoning
+    # the speaker's clips say otherwise, or nobody vouches for the claim: unmeasured, so discarded
+    for raw in ({**corroborated["raw"], "speaker_claim_majority": "female"}, {"f0_median_hz": 187.0}):
+        v, _ = verdict_for({"speaker_gender": "male"}, {"speaker_gender": None, "raw": raw}, q, gender)
+        assert v.final_action == "DISCARD" and "inconclusive" in v.reasoning
+
+
 def test_judge_discards_when_every_answerer_abstains():
     c = clip({"raw": {}})
     cap = ClaimedCaption("x", Call("caption", "x", "y"))

@@ -83,6 +83,7 @@ class _Analysis:
         self.sr = sr
         self.context = context or {}
         self.raw: dict[str, Any] = {}
+        self.memo: dict[str, Any] = {}  # results one measurer shares with another
 
     # ---- level -------------------------------------------------------------------------
     @cached_property

@@ -66,6 +66,19 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return word_edits(ref, hyp) / len(ref)
 
 
+WORD_COUNT_BINS = ((1, "one word"), (3, "two or three words"), (6, "four to six words"),
+                   (10, "seven to ten words"))
+MORE_WORDS = "more than ten words"
+
+
+def word_count_word(text: str) -> str | None:
+    """The `spoken_word_count` word for a transcript (digits spelled, as they are spoken)."""
+    n = len(normalise_words(text))
+    if n == 0:
+        return None
+    return next((word for top, word in WORD_COUNT_BINS if n <= top), MORE_WORDS)
+
+
 def syllables(text: str) -> int:
     """Vowel groups of the normalised words: a rough syllable count that works across languages."""
     return sum(max(1, len(re.findall(r"[aeiouyàèéìíòóùú]+", w))) for w in normalise_words(text))

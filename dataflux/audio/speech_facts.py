@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from dataflux.audio.quality import quality_metrics
-from dataflux.audio.speech import recognise_among, speech_thresholds, syllables, voiced_f0
+from dataflux.audio.speakers import gender_from_f0
+from dataflux.audio.speech import normalise_words, recognise_among, speech_thresholds, syllables, voiced_f0
 
 OTHER_WORDS = "(words other than the claimed transcript)"
 N_COMPETITORS = 3  # as many as a question's distractors
@@ -35,6 +36,28 @@ def _speech_time(a: Any) -> float:
 
 
 def spoken_text(a: Any) -> str | None:
+    """The claimed transcript if the recognizer confirms it, OTHER_WORDS if the audio refutes it,
+    None if it cannot tell (computed once per clip: `spoken_word_count` builds on it)."""
+    if "spoken_text" not in a.memo:
+        a.memo["spoken_text"] = _spoken_text(a)
+    return a.memo["spoken_text"]
+
+
+def spoken_word_count(a: Any) -> str | None:
+    """How many words are said: counted on the claimed transcript once the recognizer confirms that
+    transcript (a count is only as good as the words it counts); a refuted or unconfirmed
+    transcript measures no count."""
+    from dataflux.audio.speech import word_count_word
+
+    text = claimed(a, "transcript")
+    if not isinstance(text, str) or spoken_text(a) != " ".join(text.split()):
+        return None
+    words = word_count_word(text)
+    a.raw["confirmed_words"] = len(normalise_words(text))
+    return words
+
+
+def _spoken_text(a: Any) -> str | None:
     from dataflux.taxonomy import distinct_neighbours
 
     text = claimed(a, "transcript")
@@ -84,12 +107,9 @@ def speaker_gender(a: Any) -> str | None:
     if f0 is None:
         return None
     a.raw.update(f0)
-    t = speech_thresholds()["gender"]
-    if f0["f0_median_hz"] < t["male_below_hz"]:
-        return "male"
-    if f0["f0_median_hz"] > t["female_above_hz"]:
-        return "female"
-    return None
+    # a speaker named by the source is decided again from all of the speaker's clips
+    # (dataflux.audio.speakers); this is the clip's own evidence
+    return gender_from_f0(f0["f0_median_hz"])
 
 
 def speech_pauses(a: Any) -> str | None:
@@ -122,6 +142,7 @@ def audio_quality(a: Any) -> str | None:
 
 SPEECH_MEASURERS: dict[str, Callable[[Any], str | None]] = {
     "spoken_text": spoken_text,
+    "spoken_word_count": spoken_word_count,
     "speaker_gender": speaker_gender,
     "speech_pauses": speech_pauses,
     "audio_quality": audio_quality,

@@ -67,6 +67,16 @@ def claimed_labels(labels: Mapping[str, Any]) -> dict[str, str]:
     return claims
 
 
+def _word_count_claim(transcript: str) -> str | None:
+    from dataflux.audio.speech import word_count_word
+
+    return word_count_word(transcript)
+
+
+# leaves whose claim is computed from their metadata field's value rather than being it
+DERIVED_CLAIMS = {"spoken_word_count": _word_count_claim}
+
+
 def metadata_claim(field: str, value: Any) -> str | None:
     """The vocabulary word a typed metadata value claims: "en" -> "English", "F" -> "female"."""
     if value is None or isinstance(value, (list, dict)):
@@ -131,7 +141,9 @@ def describe(claims: Mapping[str, str], transcript: str | None = None) -> str:
         text += f" Compared with the other recordings of its set it is {' and '.join(relative)}."
     if "audio_quality" in c:
         text += f" The recording is {c['audio_quality']}."
-    known = {"noise_colour", "click_tempo", "beep_count", "tone_pitch", "waveform", "speaking_rate",
+    if "spoken_word_count" in c:
+        text += f" The speech is {c['spoken_word_count']} long."
+    known = {"spoken_word_count", "noise_colour", "click_tempo", "beep_count", "tone_pitch", "waveform", "speaking_rate",
              "sound_source", "duration", "loudness", "speaker_gender", "spoken_language", "spoken_text",
              "speech_pauses", "relative_loudness", "relative_duration", "audio_quality"}
     for leaf in sorted(set(c) - known):  # leaves added to the taxonomy later still get stated
@@ -173,6 +185,8 @@ class ReferenceCaptioner:
                     claims[leaf], sources[leaf] = value, "measurement"
             else:
                 value = metadata_claim(field, clip.item.labels.get(field))
+                if value is not None and leaf in DERIVED_CLAIMS:
+                    value = DERIVED_CLAIMS[leaf](value)
                 if value is not None:
                     claims[leaf], sources[leaf] = value, "metadata"
         if self.leaves is not None:

@@ -10,7 +10,8 @@ MODEL_B | TIE | NONE, where MODEL_A is the first configured answerer), `reasonin
    caption is wrong: CONFLICT + DISCARD, and the reasoning names the measured value in the
    form `measured <leaf> = "<value>"` so the writer and captioner can use it.
 2. The leaf is measurable but the measurement was inconclusive: an answerer that hears the
-   audio must agree with the key; the caption alone is not enough.
+   audio must agree with the key; the caption alone is not enough, unless the key is what nearly
+   every clip of the same speaker claims (dataflux.audio.speakers) and nothing heard disagrees.
 3. No measurement can check the leaf: the answerers' consensus decides.
 """
 
@@ -122,6 +123,14 @@ class ReferenceJudge:
                 lines.append("No measurement was conclusive; an answerer that hears the audio agrees with the key.")
                 return Verdict(consensus, caption_consistency if claim is not None else WEAK,
                                winner_of(agree), " ".join(lines), KEEP, call, None)
+            raw = evidence.get("raw") or {}
+            if not heard_against and claim == key and raw.get("speaker_claim_majority") == key:
+                # the audio cannot decide, but the corpus does not contradict itself: the claim
+                # is the one nearly every clip of the same speaker makes (metadata, not measured)
+                lines.append(f"The {leaf} measurement was inconclusive; {raw.get('speaker_claim_agreeing')} of "
+                             f"{raw.get('speaker_claim_total')} clips of the same speaker claim {key!r}, so the "
+                             "claim stands on consistent metadata.")
+                return Verdict(consensus, caption_consistency, winner_of(agree), " ".join(lines), KEEP, call, None)
             lines.append(f"The {leaf} measurement was inconclusive and no answerer that hears the audio "
                          "supports the key; the caption alone cannot decide a measurable fact.")
             return Verdict(consensus, caption_consistency if not heard_against else CONFLICT,
