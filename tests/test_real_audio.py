@@ -246,3 +246,21 @@ def test_sound_event_corpus_keeps_measured_rows_only_when_required(event_corpus,
     assert kept and {r["verification"] for r in kept} == {"measured"}
     dropped = [r for r in measured.rejects if r.reason == "not_measured"]
     assert len(kept) + len(dropped) == len(rows)
+
+
+def test_sound_events_are_counted_and_their_rhythm_measured_on_real_recordings(event_corpus):
+    records, _ = event_corpus
+    by_id = {r["id"]: r for r in records}
+    got = {}
+    for name in ("phone-outgoing-busy", "camera-shutter", "complete"):
+        y, _ = decode_audio(Path(by_id[name]["file"]).read_bytes(), name=name, target_sr=16000)
+        got[name] = measure_facts(y, 16000, ["event_count", "event_rhythm"], {"labels": {"label": by_id[name]["label"]}})
+    # the busy tone: three equal beeps a second apart
+    assert got["phone-outgoing-busy"]["event_count"] == "three sounds"
+    assert got["phone-outgoing-busy"]["event_rhythm"] == "repeating slowly (under 80 per minute)"
+    assert 55 <= got["phone-outgoing-busy"]["raw"]["tempo_bpm"] <= 65
+    for name in ("camera-shutter", "complete"):
+        assert got[name]["event_count"] == "a single sound" and got[name]["event_rhythm"] is None
+    # speech is not counted as sounds (its pauses are a leaf of their own)
+    speech = measure_facts(y, 16000, ["event_count"], {"labels": {"transcript": "ding", "language": "en"}})
+    assert speech["event_count"] is None

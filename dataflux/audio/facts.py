@@ -413,6 +413,35 @@ def _click_tempo(a: _Analysis) -> str | None:
     return nearest_value("click_tempo", t[0], log=True, max_distance=0.12)
 
 
+def _is_speech(a: _Analysis) -> bool:
+    """The source says the clip is speech (a transcript or a language): its loud stretches are
+    words and phrases, which `speech_pauses` describes; they are not counted as sounds."""
+    labels = a.context.get("labels") or {}
+    return any(labels.get(k) not in (None, "", []) for k in ("transcript", "language"))
+
+
+def _event_count(a: _Analysis) -> str | None:
+    if _is_speech(a):
+        return None
+    n = len(a.events)
+    if n == 0:
+        return None
+    return ["a single sound", "two sounds", "three sounds"][n - 1] if n <= 3 else "four or more sounds"
+
+
+def _event_rhythm(a: _Analysis) -> str | None:
+    if _is_speech(a) or len(a.events) < 3:
+        return None  # one or two sounds have no rhythm to speak of
+    t = a.tempo
+    if t is None:
+        return None
+    if t[1] > TEMPO_MAX_IOI_CV:
+        return "repeating irregularly"
+    if t[0] < 80.0:
+        return "repeating slowly (under 80 per minute)"
+    return "repeating moderately (80 to 159 per minute)" if t[0] < 160.0 else "repeating fast (160 per minute or more)"
+
+
 def _noise_colour(a: _Analysis) -> str | None:
     t = a.tone
     if t is None or t["f0_prominence_db"] > NOISE_MAX_PROMINENCE_DB:
@@ -456,6 +485,8 @@ _MEASURERS: dict[str, Callable[[_Analysis], str | None]] = {
     "waveform": _waveform,
     "beep_count": _beep_count,
     "click_tempo": _click_tempo,
+    "event_count": _event_count,
+    "event_rhythm": _event_rhythm,
     "noise_colour": _noise_colour,
     "loudness": _loudness,
     "duration": _duration,

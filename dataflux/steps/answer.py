@@ -48,6 +48,8 @@ RAW_KEYS = {
     "waveform": ("h2_h1", "h3_h1", "h5_h1", "harmonic_ratio"),
     "beep_count": ("event_count",),
     "click_tempo": ("tempo_bpm", "ioi_cv"),
+    "event_count": ("event_count",),
+    "event_rhythm": ("event_count", "tempo_bpm", "ioi_cv"),
     "noise_colour": ("spectral_slope_db_per_oct", "slope_fit_residual_db"),
     "loudness": ("active_rms_dbfs", "active_ratio"),
     "duration": ("duration_s",),
