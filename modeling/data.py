@@ -24,6 +24,7 @@ Legend: B batch, L tokens, M mel bins, F mel frames.
 from __future__ import annotations
 
 import functools
+import hashlib
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -43,9 +44,9 @@ INDEX_COLUMNS = ["sample_id", "split", "duration_s", "l3"]
 # and the row's task (a missing `task` is mcq).
 OPTIONAL_INDEX_COLUMNS = ["model_correct", "task"]
 ROW_COLUMNS = ["sample_id", "audio", "messages", "l3", "question", "choices", "answer", "answer_index", "split",
-               "task"]
+               "task", "audio_sha256"]
 # Columns a shard written before they existed may lack: read as None (a missing `task` is mcq).
-OPTIONAL_COLUMNS = frozenset({"task"})
+OPTIONAL_COLUMNS = frozenset({"task", "audio_sha256"})
 SPLITS = ("train", "validation", "test")
 TASKS = ("mcq", "asr", "caption", "open_qa")
 
@@ -423,9 +424,11 @@ def decode_row_audio(row: dict[str, Any], sampling_rate: int = 16000) -> np.ndar
 
 
 class ExampleCache:
-    """Tokenized examples and their log-mel features by sample_id, least recently used evicted past
-    `max_mb` of feature memory. A small version fits whole, and every epoch after the first then
-    skips decoding and features (the training step gets both cores)."""
+    """Log-mel features by clip, least recently used evicted past `max_mb` of feature memory, and
+    the rows' tokens by sample_id. A clip's rows (its questions, transcript, caption, open answers:
+    ~2.5-6 rows per clip) share one entry, so a version's features take a clip's worth of memory
+    each, not a row's. A small version fits whole, and every epoch after the first then skips
+    decoding and features (the training step gets both cores)."""
 
     def __init__(self, max_mb: float):
         self.max_bytes = int(max_mb * 2**20)
@@ -433,8 +436,10 @@ class ExampleCache:
         self.hits = self.misses = 0
         self._items: OrderedDict[str, tuple[tuple[Any, torch.Tensor], int]] = OrderedDict()  # item, bytes
 
+        self._tokens: dict[str, Any] = {}
+
     def get_or_make(self, key: str, make) -> tuple[Any, torch.Tensor]:
-        """The cached (tokens, features) for `key`, or make() them and keep them."""
+        """The cached value for `key` (a clip's (n_samples, features)), or make() it and keep it."""
         if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1
@@ -447,6 +452,12 @@ class ExampleCache:
         while self.bytes > self.max_bytes and len(self._items) > 1:
             self.bytes -= self._items.popitem(last=False)[1][1]
         return item
+
+    def tokens(self, sample_id: str, make) -> Any:
+        """The row's tokens (small: kept for every row seen, never evicted)."""
+        if sample_id not in self._tokens:
+            self._tokens[sample_id] = make()
+        return self._tokens[sample_id]
 
 
 def permute_options(messages: Sequence[dict[str, str]], choices: Sequence[str], answer_index: int,
@@ -530,12 +541,23 @@ class Collator:
                            where=_where(row))
         return audio, encoded
 
-    def _example(self, row: dict[str, Any]) -> tuple[Any, torch.Tensor]:
-        """One row -> (Encoded tokens, features (M, F_i)); features computed for the clip alone, so a
-        cached example is the same numbers whatever batch it first came in."""
-        audio, encoded = self._audio_and_tokens(row)
+    def _clip_features(self, row: dict[str, Any]) -> tuple[int, torch.Tensor]:
+        """The row's clip -> (samples, features (M, F_i)); computed for the clip alone, so a cached
+        entry is the same numbers whatever batch it first came in."""
+        audio = decode_row_audio(row, self.processor.sampling_rate)
+        if self.zero_audio:
+            audio = np.zeros_like(audio)
         features, lengths = self.processor.audio_features([audio])
-        return encoded, features[0, :, : int(lengths[0])]
+        return len(audio), features[0, :, : int(lengths[0])]
+
+    def _example(self, row: dict[str, Any]) -> tuple[Any, torch.Tensor]:
+        """One row -> (Encoded tokens, features (M, F_i)), the features shared by the clip's rows."""
+        p = self.processor
+        clip_key = row.get("audio_sha256") or hashlib.sha256((row.get("audio") or {}).get("bytes") or b"").hexdigest()
+        n_samples, features = self.cache.get_or_make(clip_key, lambda: self._clip_features(row))
+        encoded = self.cache.tokens(str(row.get("sample_id")), lambda: p.encode(
+            row["messages"], [p.audio_token_count(n_samples)], where=_where(row)))
+        return encoded, features
 
     def __call__(self, rows: Sequence[dict[str, Any]], epoch: int = 0) -> dict[str, Any]:
         p = self.processor
@@ -543,7 +565,7 @@ class Collator:
             audios, encoded = zip(*(self._audio_and_tokens(r) for r in rows))
             features, feature_lengths = p.audio_features(list(audios))
         else:
-            examples = [self.cache.get_or_make(r["sample_id"], lambda r=r: self._example(r)) for r in rows]
+            examples = [self._example(r) for r in rows]
             encoded = [e for e, _ in examples]
             feature_lengths = torch.tensor([f.shape[-1] for _, f in examples], dtype=torch.long)
             features = torch.zeros((len(examples), p.n_mels, int(feature_lengths.max())))

@@ -154,7 +154,27 @@ def test_cached_examples_equal_fresh_ones_and_are_reused_across_epochs(index, pr
     cache = cached.collator.cache
     rows = len(index.rows_of("train"))
     assert n == 2 * rows
-    assert cache.misses == rows and cache.hits == rows  # the second epoch is served from memory
+    # one entry per clip, shared by the clip's rows; the second epoch is served from memory
+    assert cache.misses == len(cache._items) and cache.hits == 2 * rows - cache.misses
+    assert len(cache._tokens) == rows
+
+
+def test_rows_of_one_clip_share_one_cached_feature_entry(index, processor):
+    from modeling.data import RowReader
+
+    row = next(iter(RowReader(index).rows(index.rows_of("train")[:1])))
+    # a second task row of the same clip: another sample_id and other words, the same audio
+    twin = {**row, "sample_id": row["sample_id"] + "-asr", "task": "asr",
+            "messages": [{"role": "user", "content": "<audio> Transcribe the speech."},
+                         {"role": "assistant", "content": "tone"}]}
+    collate = Collator(processor, cache_mb=64)
+    batch = collate([row, twin])
+    assert collate.cache.misses == 1 and collate.cache.hits == 1 and len(collate.cache._items) == 1
+    assert torch.equal(batch["input_features"][0], batch["input_features"][1])
+    assert not torch.equal(batch["input_ids"][0], batch["input_ids"][1])  # each row keeps its own tokens
+    fresh = Collator(processor)([row, twin])
+    for key in ("input_ids", "labels", "feature_lengths"):
+        assert torch.equal(batch[key], fresh[key]), key
 
 
 def test_example_cache_stays_within_its_size(index, processor):
