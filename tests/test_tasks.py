@@ -269,6 +269,11 @@ def test_stats_count_rows_per_task_and_questions_per_category(dataflux_home):
     assert s["rows"] == 20 and s["rows_per_task"] == {"asr": 5, "caption": 5, "mcq": 5, "open_qa": 5}
     assert s["samples_per_category"] == {"tone_pitch": 5}
     assert sum(s["answer_position"].values()) == 5
+    from dataflux.report.facts import load_version_facts
+
+    facts = load_version_facts(catalog, vid)  # the report: tasks are counted apart from the question categories
+    assert facts.per_task == {"asr": 5, "caption": 5, "mcq": 5, "open_qa": 5}
+    assert sum(facts.per_category.values()) == 5 and sum(facts.answer_position.values()) == 5
 
     # a shard written before the task column: every row reads as a question
     old = catalog.create_version("old")
@@ -282,6 +287,7 @@ def test_stats_count_rows_per_task_and_questions_per_category(dataflux_home):
     catalog.commit_partition(old, "p0", info, [], [], "run-old")
     catalog.finalize(old)
     assert catalog.stats(old)["rows_per_task"] == {"mcq": 3}
+    assert load_version_facts(catalog, old).per_task == {"mcq": 3}
     from modeling.data import VersionIndex
 
     assert list(VersionIndex.build([path]).task_of(np.arange(3))) == ["mcq"] * 3

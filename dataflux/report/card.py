@@ -84,6 +84,8 @@ def dataset_card(f: VersionFacts, data_glob: str = "data/*.parquet") -> str:
               "Respect the most restrictive licence of the sources you use.", "", sources_table(f), "",
               "## Counts", "", f"Splits (assigned from the audio hash, so one clip never lands in two): "
               + ", ".join(f"{k} {n}" for k, n in f.splits.items()) + ".", "",
+              *([f"Rows per task: " + ", ".join(f"{k} {n}" for k, n in f.per_task.items())
+                 + " (the categories below count the questions, task `mcq`).", ""] if len(f.per_task) > 1 else []),
               categories_table(f) if f.per_category else "_no samples_", "",
               "Correct-answer positions: " + ", ".join(f"{k} {n}" for k, n in f.answer_position.items()) + ".", "",
               "## How it was made", "",

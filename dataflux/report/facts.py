@@ -25,8 +25,10 @@ from dataflux.storage.shards import read_shard
 ROW_COLUMNS = [
     "sample_id", "source", "source_id", "license", "duration_s", "audio_sha256", "split",
     "l0", "l1", "l2", "l3", "answer", "answer_index", "verdict", "rounds", "corrected_from_measurement",
-    "calls", "tokens_in", "tokens_out", "cost_usd", "row_sha256", "code_version",
+    "calls", "tokens_in", "tokens_out", "cost_usd", "row_sha256", "code_version", "task",
 ]
+# Columns a shard written before they existed lacks: read as nulls (a null `task` is a question).
+OPTIONAL_COLUMNS = frozenset({"task"})
 
 
 @dataclass
@@ -41,8 +43,8 @@ class VersionFacts:
     rejects: list[dict[str, Any]]  # {stage, reason, n}
     sources: list[dict[str, Any]]  # {source, license, rows, clips, items}
     clip_durations: list[float]  # one per distinct clip, seconds
-    per_category: dict[str, int]  # "L0 > L1 > L2 > L3" -> rows
-    answer_position: dict[str, int]  # "A".."D" -> rows
+    per_category: dict[str, int]  # "L0 > L1 > L2 > L3" -> question rows (task mcq)
+    answer_position: dict[str, int]  # "A".."D" -> question rows
     verdicts: dict[str, int]  # "KEEP_USING_WINNER / STRONG_MATCH" -> rows
     rounds: dict[int, int]  # regeneration rounds -> rows
     corrected: int  # rows whose answer was corrected from a measurement
@@ -51,6 +53,7 @@ class VersionFacts:
     models: list[dict[str, Any]]  # {step, backend, model, n_clips}
     planted: dict[str, int] = field(default_factory=dict)  # planted_errors, planted_caught, ...
     runs: list[dict[str, Any]] = field(default_factory=list)
+    per_task: dict[str, int] = field(default_factory=dict)  # mcq | asr | caption | open_qa -> rows
 
     @property
     def version_id(self) -> str:
@@ -82,8 +85,19 @@ def read_version_rows(catalog, vid: str, columns: list[str] | None = None) -> pa
     from dataflux.storage.row_schema import SAMPLE_SCHEMA
 
     columns = columns or ROW_COLUMNS
-    tables = [read_shard(s["path"], s["sha256"], columns=columns)
-              for s in catalog.shards(vid) if s["path"] is not None]
+    tables = []
+    for s in catalog.shards(vid):
+        if s["path"] is None:
+            continue
+        present = [c for c in columns if c not in OPTIONAL_COLUMNS]
+        try:
+            table = read_shard(s["path"], s["sha256"], columns=columns)
+        except (KeyError, pa.ArrowInvalid):  # a shard from before an optional column existed
+            table = read_shard(s["path"], s["sha256"], columns=present)
+        for c in columns:
+            if c not in table.column_names and c in OPTIONAL_COLUMNS:
+                table = table.append_column(SAMPLE_SCHEMA.field(c), pa.nulls(table.num_rows, SAMPLE_SCHEMA.field(c).type))
+        tables.append(table.select(columns))
     if not tables:
         return pa.schema([SAMPLE_SCHEMA.field(c) for c in columns]).empty_table()
     return pa.concat_tables(tables, promote_options="default")
@@ -120,9 +134,12 @@ def load_version_facts(catalog, vid: str) -> VersionFacts:
 
         clip_durations = [float(d) for (d,) in many(
             "SELECT any_value(duration_s) FROM s GROUP BY audio_sha256 ORDER BY 1")]
+        # transcripts, captions and open answers are tasks, not question categories
         per_category = {" > ".join(k): n for *k, n in many(
-            "SELECT l0, l1, l2, l3, count(*) FROM s GROUP BY ALL ORDER BY 5 DESC, 1, 2, 3, 4")}
-        positions = dict(many("SELECT answer_index, count(*) FROM s GROUP BY 1"))
+            "SELECT l0, l1, l2, l3, count(*) FROM s WHERE coalesce(task, 'mcq') = 'mcq' "
+            "GROUP BY ALL ORDER BY 5 DESC, 1, 2, 3, 4")}
+        per_task = dict(many("SELECT coalesce(task, 'mcq'), count(*) FROM s GROUP BY 1 ORDER BY 2 DESC, 1"))
+        positions = dict(many("SELECT answer_index, count(*) FROM s WHERE coalesce(task, 'mcq') = 'mcq' GROUP BY 1"))
         answer_position = {"ABCD"[i]: int(positions.get(i, 0)) for i in range(4)}
         verdicts = {f"{a} / {c}": n for a, c, n in many(
             "SELECT verdict.final_action, verdict.consistency_with_caption, count(*) FROM s "
@@ -162,5 +179,5 @@ def load_version_facts(catalog, vid: str) -> VersionFacts:
         version=version, stats=stats, stats_error=stats_error, rows=rows, shards=shards, rejects=rejects,
         sources=sources, clip_durations=clip_durations, per_category=per_category,
         answer_position=answer_position, verdicts=verdicts, rounds=rounds, corrected=corrected, splits=splits,
-        per_step=per_step, models=models, planted=planted, runs=runs,
+        per_step=per_step, models=models, planted=planted, runs=runs, per_task=per_task,
     )
