@@ -3,6 +3,7 @@
     python bench/bench_ablation.py [--demo-size 2000] [--rates 0.1,0.3] [--seeds 0,1] [--steps 600]
                                    [--minutes 3] [--config modeling/configs/tiny.yaml] [--out-dir DIR]
                                    [--eval-max-rows N] [--set SECTION.KEY=VALUE ...]
+    python bench/bench_ablation.py --merge A/ablation.json B/ablation.json [--out-dir DIR]
 
 For every planted error rate: builds the demo version (`dataflux demo --error-rate R`) and its
 unverified twin (`--unverified`: the same clips, splits and first questions, kept as written, planted
@@ -173,6 +174,37 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"  {'audio zeroed':16}{z(v):>30}{z(u):>30}")
 
 
+def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
+    """One report from several: their runs together (a run seen twice is kept once), the versions,
+    planted-answer counts and evaluation sizes per rate. Runs of one rate must have been scored on
+    the same version's questions: a rate whose versions differ between files is an error."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    first = reports[0]
+    merged: dict[str, Any] = {k: first[k] for k in ("demo_size", "steps", "minutes", "config", "overrides")}
+    merged.update({"rates": [], "seeds": [], "versions": {}, "planted_answers": {}, "eval_rows": {}, "runs": [],
+                   "merged_from": [str(p) for p in paths]})
+    seen = set()
+    for path, r in zip(paths, reports):
+        for key in ("versions", "planted_answers", "eval_rows"):
+            for rate, value in r[key].items():
+                if rate in merged[key] and merged[key][rate] != value:
+                    raise ValueError(f"{path}: rate {rate} has {key} {value}, another file has {merged[key][rate]}")
+                merged[key][rate] = value
+        merged["rates"] = sorted(set(merged["rates"]) | set(r["rates"]))
+        merged["seeds"] = sorted(set(merged["seeds"]) | set(r["seeds"]))
+        for run in r["runs"]:
+            ident = (run["rate"], run["variant"], run["seed"])
+            if ident not in seen:
+                seen.add(ident)
+                merged["runs"].append(run)
+    merged["summary"] = summarize(merged["runs"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ablation.json").write_text(json.dumps(merged, indent=2, default=float))
+    print_table(merged)
+    print(f"\nwritten {out_dir / 'ablation.json'}")
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-size", type=int, default=2000)
@@ -185,7 +217,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-max-rows", type=int, default=None, help="at most this many clean test rows")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--merge", nargs="+", metavar="ABLATION_JSON",
+                        help="only combine the ablation.json files of separate invocations (e.g. one per seed "
+                             "or rate, run side by side) into one table and <out-dir>/ablation.json")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_reports([Path(p) for p in args.merge], Path(args.out_dir))
 
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,34 @@ def test_a_trained_checkpoint_answers_the_next_version_and_its_misses_train_agai
     assert set(report["runs"]) == {"plain", "hard_weighted"}
     for run in report["runs"].values():
         assert run["steps"] == 4 and [p["step"] for p in run["validation"]] == [2, 4]
+
+
+def test_reports_of_separate_invocations_merge_into_one_table(tmp_path, capsys):
+    bench = _bench("bench_ablation")
+
+    def run(variant: str, seed: int, mmau: float) -> dict:
+        cats = {"tone_pitch": {"n": 10, "mmau_accuracy": mmau, "exact_accuracy": mmau - 0.1}}
+        return {"rate": 0.3, "variant": variant, "seed": seed, "steps": 100,
+                "audio": {"mmau_accuracy": mmau, "exact_accuracy": mmau - 0.1, "by_category": cats},
+                "zero_audio": {"mmau_accuracy": 0.25, "exact_accuracy": 0.2, "by_category": cats}}
+
+    def report(seed: int, runs: list[dict], version: str = "v1") -> Path:
+        path = tmp_path / f"seed{seed}.json"
+        path.write_text(json.dumps({
+            "demo_size": 48, "steps": 100, "minutes": 1, "config": "c", "overrides": [], "rates": [0.3],
+            "seeds": [seed], "versions": {"0.3": {"verified": version, "unverified": "v2"}},
+            "planted_answers": {"0.3": {"verified": 0, "unverified": 9}}, "eval_rows": {"0.3": 10}, "runs": runs}))
+        return path
+
+    a = report(0, [run("verified", 0, 0.9), run("unverified", 0, 0.7)])
+    b = report(1, [run("verified", 1, 0.8), run("unverified", 1, 0.7), run("verified", 0, 0.9)])
+    merged = bench.main(["--merge", str(a), str(b), "--out-dir", str(tmp_path / "all")])
+    assert len(merged["runs"]) == 4 and merged["seeds"] == [0, 1]  # the repeated run counted once
+    verified = merged["summary"]["0.3"]["verified"]
+    assert verified["mmau_accuracy"][0] == pytest.approx(0.85) and verified["mmau_accuracy"][1] == pytest.approx(0.05)
+    assert json.loads((tmp_path / "all" / "ablation.json").read_text())["summary"]["0.3"]["unverified"]
+    assert "planted errors 30%" in capsys.readouterr().out
+    # runs scored on another version's questions do not mix
+    c = report(2, [run("verified", 2, 0.9)], version="v9")
+    with pytest.raises(ValueError, match="rate 0.3 has versions"):
+        bench.main(["--merge", str(a), str(c), "--out-dir", str(tmp_path / "bad")])
