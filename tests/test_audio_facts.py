@@ -46,7 +46,7 @@ DEMO_MEASURABLE = {"tone_pitch", "waveform", "beep_count", "click_tempo", "noise
 
 
 def test_measurable_leaves_are_taxonomy_leaves_with_values():
-    assert measurable_leaves() == DEMO_MEASURABLE | {"spoken_text", "spoken_word_count", "speaker_gender", "speech_pauses", "event_count", "event_rhythm",
+    assert measurable_leaves() == DEMO_MEASURABLE | {"spoken_text", "spoken_word_count", "speech_tempo", "speaker_gender", "speech_pauses", "event_count", "event_rhythm",
                                                      "audio_quality"}
     for leaf in measurable_leaves() - {"spoken_text"}:  # its vocabulary is the source's transcripts
         assert leaf_values(leaf)

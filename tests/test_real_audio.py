@@ -98,18 +98,26 @@ def test_recognizer_confirms_real_transcripts_and_refutes_swapped_ones(speech_co
     vocab = vocabulary_of(records)
     clips = ra.subset([r for r in records if len(r["transcript"]) <= 200], 12, seed=4)
     agree, refuted, female = 0, 0, 0
+    tempos: list[str] = []
     for k, r in enumerate(clips):
         y, _ = decode_audio(Path(r["file"]).read_bytes(), name=r["file"], target_sr=16000)
         true = " ".join(r["transcript"].split())
         same_language = [t for t in vocab if t != true and any(
             x["language"] == r["language"] and " ".join(x["transcript"].split()) == t for x in clips)]
         swapped = same_language[k % len(same_language)]
-        facts = measure_facts(y, 16000, ["spoken_text", "spoken_word_count", "speaker_gender"],
+        facts = measure_facts(y, 16000, ["spoken_text", "spoken_word_count", "speech_tempo", "speaker_gender"],
                               {"labels": {**r, "transcript": true}, "vocabularies": {"spoken_text": vocab}})
         wrong = measure_facts(y, 16000, ["spoken_text", "spoken_word_count"],
                               {"labels": {**r, "transcript": swapped}, "vocabularies": {"spoken_text": vocab}})
         # a word count is measured exactly when the recognizer confirms the words it counts
         assert facts["spoken_word_count"] == (word_count_word(true) if facts["spoken_text"] == true else None)
+        if facts["spoken_text"] == true and facts["speech_tempo"] is not None:
+            rate = facts["raw"]["transcript_syllables_per_s"]
+            tempos.append(facts["speech_tempo"])
+            assert facts["speech_tempo"] == ("slow" if rate < 3 else "moderate" if rate < 4.5
+                                              else "fast" if rate < 6 else "very fast")
+        elif facts["spoken_text"] != true:
+            assert facts["speech_tempo"] is None  # no tempo from words the recognizer did not confirm
         assert wrong["spoken_word_count"] is None or wrong["spoken_text"] == swapped
         agree += facts["spoken_text"] == true
         refuted += wrong["spoken_text"] == OTHER_WORDS
@@ -117,6 +125,7 @@ def test_recognizer_confirms_real_transcripts_and_refutes_swapped_ones(speech_co
         assert not (r["language"] == "en" and facts["speaker_gender"] == "male")
     assert agree >= 9, agree  # 86 % on 120 clips
     assert refuted >= 11, refuted  # 97.5 % on 120 clips
+    assert len(tempos) >= 6 and len(set(tempos)) >= 2, tempos  # measured where confirmed, and it tells paces apart
     assert female >= 3  # the English voice (Allison): clip medians 183-249 Hz, 90 % above 194 Hz
 
 

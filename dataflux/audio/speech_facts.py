@@ -57,6 +57,25 @@ def spoken_word_count(a: Any) -> str | None:
     return words
 
 
+def speech_tempo(a: Any) -> str | None:
+    """How fast the speaker talks: syllables of the transcript per second of speech, measured only
+    once the recognizer confirms the transcript (a wrong transcript would give a wrong count)."""
+    text = claimed(a, "transcript")
+    if not isinstance(text, str) or spoken_text(a) != " ".join(text.split()):
+        return None
+    seconds = _speech_time(a)
+    if seconds < 0.3:
+        return None
+    rate = syllables(text) / seconds
+    a.raw["transcript_syllables_per_s"] = round(rate, 2)
+    slow, moderate, fast = speech_thresholds()["speech_tempo"]["upper_syl_per_s"]
+    if rate < slow:
+        return "slow"
+    if rate < moderate:
+        return "moderate"
+    return "fast" if rate < fast else "very fast"
+
+
 def _spoken_text(a: Any) -> str | None:
     from dataflux.taxonomy import distinct_neighbours
 
@@ -143,6 +162,7 @@ def audio_quality(a: Any) -> str | None:
 SPEECH_MEASURERS: dict[str, Callable[[Any], str | None]] = {
     "spoken_text": spoken_text,
     "spoken_word_count": spoken_word_count,
+    "speech_tempo": speech_tempo,
     "speaker_gender": speaker_gender,
     "speech_pauses": speech_pauses,
     "audio_quality": audio_quality,

@@ -56,6 +56,7 @@ RAW_KEYS = {
     "speaking_rate": ("syllable_rate", "syllable_nuclei", "speech_active_s"),
     "spoken_text": ("recognizer_choice", "recognizer_heard", "recognizer", "claimed_syllables_per_s"),
     "spoken_word_count": ("confirmed_words", "recognizer_choice", "recognizer"),
+    "speech_tempo": ("transcript_syllables_per_s", "recognizer_choice", "recognizer"),
     "speaker_gender": ("f0_median_hz", "f0_iqr_hz", "voiced_frames", "speaker_f0_median_hz", "speaker_f0_clips",
                        "speaker_claim_majority", "speaker_claim_agreeing", "speaker_claim_total"),
     "speech_pauses": ("pause_count",),

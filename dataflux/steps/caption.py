@@ -145,9 +145,11 @@ def describe(claims: Mapping[str, str], transcript: str | None = None) -> str:
         text += f" It holds {c['event_count']}" + (f", {c['event_rhythm']}" if "event_rhythm" in c else "") + "."
     elif "event_rhythm" in c:
         text += f" Its sounds are {c['event_rhythm']}."
+    if "speech_tempo" in c:
+        text += f" The speech is {c['speech_tempo']} in pace."
     if "spoken_word_count" in c:
         text += f" The speech is {c['spoken_word_count']} long."
-    known = {"spoken_word_count", "event_count", "event_rhythm", "noise_colour", "click_tempo", "beep_count", "tone_pitch", "waveform", "speaking_rate",
+    known = {"spoken_word_count", "speech_tempo", "event_count", "event_rhythm", "noise_colour", "click_tempo", "beep_count", "tone_pitch", "waveform", "speaking_rate",
              "sound_source", "duration", "loudness", "speaker_gender", "spoken_language", "spoken_text",
              "speech_pauses", "relative_loudness", "relative_duration", "audio_quality"}
     for leaf in sorted(set(c) - known):  # leaves added to the taxonomy later still get stated
