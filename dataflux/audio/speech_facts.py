@@ -43,14 +43,22 @@ def spoken_text(a: Any) -> str | None:
     return a.memo["spoken_text"]
 
 
+def _confirmed_transcript(a: Any) -> str | None:
+    """The claimed transcript when the recognizer confirms it, else None."""
+    text = claimed(a, "transcript")
+    if not isinstance(text, str) or spoken_text(a) != " ".join(text.split()):
+        return None
+    return text
+
+
 def spoken_word_count(a: Any) -> str | None:
     """How many words are said: counted on the claimed transcript once the recognizer confirms that
     transcript (a count is only as good as the words it counts); a refuted or unconfirmed
     transcript measures no count."""
     from dataflux.audio.speech import word_count_word
 
-    text = claimed(a, "transcript")
-    if not isinstance(text, str) or spoken_text(a) != " ".join(text.split()):
+    text = _confirmed_transcript(a)
+    if text is None:
         return None
     words = word_count_word(text)
     a.raw["confirmed_words"] = len(normalise_words(text))
@@ -60,8 +68,8 @@ def spoken_word_count(a: Any) -> str | None:
 def speech_tempo(a: Any) -> str | None:
     """How fast the speaker talks: syllables of the transcript per second of speech, measured only
     once the recognizer confirms the transcript (a wrong transcript would give a wrong count)."""
-    text = claimed(a, "transcript")
-    if not isinstance(text, str) or spoken_text(a) != " ".join(text.split()):
+    text = _confirmed_transcript(a)
+    if text is None:
         return None
     seconds = _speech_time(a)
     if seconds < 0.3:

@@ -85,19 +85,8 @@ def read_version_rows(catalog, vid: str, columns: list[str] | None = None) -> pa
     from dataflux.storage.row_schema import SAMPLE_SCHEMA
 
     columns = columns or ROW_COLUMNS
-    tables = []
-    for s in catalog.shards(vid):
-        if s["path"] is None:
-            continue
-        present = [c for c in columns if c not in OPTIONAL_COLUMNS]
-        try:
-            table = read_shard(s["path"], s["sha256"], columns=columns)
-        except (KeyError, pa.ArrowInvalid):  # a shard from before an optional column existed
-            table = read_shard(s["path"], s["sha256"], columns=present)
-        for c in columns:
-            if c not in table.column_names and c in OPTIONAL_COLUMNS:
-                table = table.append_column(SAMPLE_SCHEMA.field(c), pa.nulls(table.num_rows, SAMPLE_SCHEMA.field(c).type))
-        tables.append(table.select(columns))
+    tables = [read_shard(s["path"], s["sha256"], columns=columns, optional=OPTIONAL_COLUMNS)
+              for s in catalog.shards(vid) if s["path"] is not None]
     if not tables:
         return pa.schema([SAMPLE_SCHEMA.field(c) for c in columns]).empty_table()
     return pa.concat_tables(tables, promote_options="default")

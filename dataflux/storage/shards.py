@@ -336,10 +336,13 @@ def file_exists(path: str, filesystem: Any = None) -> bool:
 
 def read_shard(
     path: str, expected_sha256: str | None = None, *, filesystem: Any = None,
-    columns: list[str] | None = None,
+    columns: list[str] | None = None, optional: frozenset[str] | set[str] = frozenset(),
 ) -> pa.Table:
     """Read a shard; when `expected_sha256` is given, the table is parsed from exactly the bytes
-    that were checked, and a mismatch raises `ChecksumMismatch(path, expected, actual)`."""
+    that were checked, and a mismatch raises `ChecksumMismatch(path, expected, actual)`.
+
+    `optional`: columns of `columns` a shard written before they existed may lack; they come back
+    as nulls of the row contract's type (the file is still read once)."""
     fs, inner = resolve_path(path, filesystem)
     shown = _display_path(path, filesystem)
     try:
@@ -351,4 +354,12 @@ def read_shard(
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:
             raise ChecksumMismatch(shown, expected_sha256, actual)
-    return pq.read_table(pa.BufferReader(data), columns=columns)
+    if columns is None or not optional:
+        return pq.read_table(pa.BufferReader(data), columns=columns)
+    names = set(pq.read_schema(pa.BufferReader(data)).names)
+    table = pq.read_table(pa.BufferReader(data), columns=[c for c in columns if c in names or c not in optional])
+    for c in columns:
+        if c not in names and c in optional:
+            field = SAMPLE_SCHEMA.field(c)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(columns)
