@@ -2,7 +2,7 @@
 latency, and calls per second served from a warm catalog cache.
 
     python bench/bench_llm.py [--concurrency 64 256 1024] [--latency-ms 200] [--repeats 3] [--waves 5]
-                              [--paths sdk http] [--cached-calls 100000] [--strict]
+                              [--paths sdk aiohttp http] [--cached-calls 100000] [--strict]
 
 A lean local OpenAI-compatible server (bench/llm_bench_server.py, in its own process) answers
 every chat request after `latency-ms`. For each client path and concurrency, the client sends
@@ -13,9 +13,12 @@ Reported per row (medians over `repeats`): achieved requests/s, the ratio to the
 >= 0.9 at 64 and 256), client and server CPU per request (process CPU time / requests), and whether
 the client's cost report equals the token counts the server says it returned.
 
-Paths: `http` is the client as it runs (`LLMClient` over its lean HTTP/1.1 pool); `sdk` is the
-same client with every request sent through the OpenAI SDK's `chat.completions.create`, the path
-the client used before, as the baseline.
+Paths: `http` is the client as it runs (`LLMClient` over `transport.HttpTransport`); `aiohttp` is
+the same client with every JSON request sent through aiohttp, tuned for API calls (no cookie jar,
+no decompression, an unlimited connector, one session per endpoint and loop); `sdk` sends every
+request through the OpenAI SDK's `chat.completions.create`, the path the client used first, as the
+baseline. The paths of one concurrency take turns within each repeat, so a change in the machine's
+load falls on all of them alike.
 
 The cached rerun fills a DuckDB catalog with `cached-calls` replies under the keys the client
 computes, then makes those calls in partitions of 2,000 concurrent calls: every one must be a cache
@@ -41,7 +44,7 @@ from pathlib import Path
 import orjson
 
 from dataflux.llm.client import EndpointPool
-from dataflux.llm.transport import HttpReply, TransportConnectionError, TransportTimeout
+from dataflux.llm.transport import HttpReply, HttpTransport, TransportConnectionError, TransportTimeout
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = {"type": "object", "required": ["answer"], "additionalProperties": False,
@@ -94,6 +97,18 @@ class SdkTransport:
             await client.close()
 
 
+class AiohttpTransport(HttpTransport):
+    """Every JSON request through aiohttp's tuned session (`HttpTransport._post`): the library path
+    weighed against the client's own."""
+
+    async def post_json(self, path: str, body: bytes, headers: dict) -> HttpReply:
+        hdrs = {"Content-Type": "application/json", "Accept": "application/json", **headers}
+        return await self._post(path, hdrs, body)
+
+
+TRANSPORTS = {"sdk": SdkTransport, "aiohttp": AiohttpTransport}
+
+
 def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "llm_bench_server.py"), "--port", "0",
                              "--latency-ms", str(latency_ms)], stdout=subprocess.PIPE, text=True)
@@ -119,7 +134,7 @@ def make_pool(base_url: str, concurrency: int, path: str, cache=None) -> Endpoin
     cfg = {"base_url": base_url, "model": "bench-model", "concurrency": concurrency, "timeout_s": 60,
            "max_retries": 0, "structured_output": "json_object",
            "price_per_1m_input": PRICE_IN, "price_per_1m_output": PRICE_OUT}
-    extra = {"transport": SdkTransport(base_url, 60.0)} if path == "sdk" else {}
+    extra = {"transport": TRANSPORTS[path](base_url, 60.0)} if path in TRANSPORTS else {}
     return EndpointPool({"bench": cfg}, cache=cache, **extra)
 
 
@@ -186,13 +201,49 @@ def cached_rerun(n: int, chunk: int) -> dict:
                 "queries": client._cache_batches.queries}
 
 
+def one_run(base_url: str, server_pid: int, path: str, concurrency: int, requests: int, tag: str) -> dict:
+    """One measured run of a path, with its cost checked against the tokens the server reported."""
+    stats0 = server_stats(base_url)
+    out = measure(base_url, server_pid, path, concurrency, requests, tag)
+    stats1 = server_stats(base_url)
+    server_tokens = [stats1[k] - stats0[k] for k in ("prompt_tokens", "completion_tokens")]
+    server_cost = (server_tokens[0] * PRICE_IN + server_tokens[1] * PRICE_OUT) / 1e6
+    cost_ok = out["client_tokens"] == server_tokens and abs(out["cost"] - server_cost) < 1e-12
+    return {"rps": requests / out["elapsed"], "client_cpu_ms": out["client_cpu"] / requests * 1e3,
+            "server_cpu_ms": out["server_cpu"] / requests * 1e3, "cost_ok": cost_ok}
+
+
+def measure_concurrency(base_url: str, server_pid: int, args, concurrency: int) -> tuple[list[dict], bool]:
+    """One row per path (medians over the repeats; the paths take turns within each repeat)."""
+    requests = max(1280, args.waves * concurrency)
+    ideal = concurrency / (args.latency_ms / 1000.0)
+    runs: dict[str, list[dict]] = {path: [] for path in args.paths}
+    for r in range(args.repeats):
+        for path in args.paths:
+            runs[path].append(one_run(base_url, server_pid, path, concurrency, requests, f"{path}-{concurrency}-{r}"))
+    rows = []
+    for path in args.paths:
+        row = {"path": path, "concurrency": concurrency, "requests": requests, "ideal_rps": ideal,
+               "rps": statistics.median(x["rps"] for x in runs[path]),
+               "client_cpu_ms": statistics.median(x["client_cpu_ms"] for x in runs[path]),
+               "server_cpu_ms": statistics.median(x["server_cpu_ms"] for x in runs[path]),
+               "cost_ok": all(x["cost_ok"] for x in runs[path]), "repeats": len(runs[path])}
+        row["ratio"] = row["rps"] / ideal
+        rows.append(row)
+        print(f"{path:>7}  c={concurrency:<5} {row['rps']:8.1f} req/s of {ideal:7.1f}  ratio {row['ratio']:.3f}  "
+              f"client CPU {row['client_cpu_ms']:.3f} ms/req  server CPU {row['server_cpu_ms']:.3f} ms/req  "
+              f"cost {'match' if row['cost_ok'] else 'MISMATCH'}", flush=True)
+    return rows, all(row["cost_ok"] for row in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--waves", type=int, default=5, help="requests per run = waves x concurrency (>= 1,280)")
-    parser.add_argument("--paths", nargs="+", choices=["sdk", "http"], default=["sdk", "http"])
+    parser.add_argument("--paths", nargs="+", choices=["sdk", "aiohttp", "http"],
+                        default=["sdk", "aiohttp", "http"])
     parser.add_argument("--cached-calls", type=int, default=100_000, help="0 skips the cached rerun")
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--strict", action="store_true",
@@ -206,30 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     cost_ok_all = True
     try:
         for concurrency in args.concurrency:
-            requests = max(1280, args.waves * concurrency)
-            ideal = concurrency / (args.latency_ms / 1000.0)
-            for path in args.paths:
-                runs = []
-                for r in range(args.repeats):
-                    stats0 = server_stats(base_url)
-                    out = measure(base_url, proc.pid, path, concurrency, requests, f"{path}-{concurrency}-{r}")
-                    stats1 = server_stats(base_url)
-                    server_tokens = [stats1[k] - stats0[k] for k in ("prompt_tokens", "completion_tokens")]
-                    server_cost = (server_tokens[0] * PRICE_IN + server_tokens[1] * PRICE_OUT) / 1e6
-                    cost_ok = out["client_tokens"] == server_tokens and abs(out["cost"] - server_cost) < 1e-12
-                    cost_ok_all &= cost_ok
-                    runs.append({"rps": requests / out["elapsed"], "client_cpu_ms": out["client_cpu"] / requests * 1e3,
-                                 "server_cpu_ms": out["server_cpu"] / requests * 1e3, "cost_ok": cost_ok})
-                row = {"path": path, "concurrency": concurrency, "requests": requests, "ideal_rps": ideal,
-                       "rps": statistics.median(x["rps"] for x in runs),
-                       "client_cpu_ms": statistics.median(x["client_cpu_ms"] for x in runs),
-                       "server_cpu_ms": statistics.median(x["server_cpu_ms"] for x in runs),
-                       "cost_ok": all(x["cost_ok"] for x in runs), "repeats": len(runs)}
-                row["ratio"] = row["rps"] / ideal
-                results.append(row)
-                print(f"{path:>4}  c={concurrency:<5} {row['rps']:8.1f} req/s of {ideal:7.1f}  ratio {row['ratio']:.3f}  "
-                      f"client CPU {row['client_cpu_ms']:.3f} ms/req  server CPU {row['server_cpu_ms']:.3f} ms/req  "
-                      f"cost {'match' if row['cost_ok'] else 'MISMATCH'}", flush=True)
+            rows, ok = measure_concurrency(base_url, proc.pid, args, concurrency)
+            results.extend(rows)
+            cost_ok_all &= ok
     finally:
         proc.terminate()
         proc.wait(timeout=10)
