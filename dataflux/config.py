@@ -9,14 +9,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from dataflux.home import dataflux_home
+from dataflux.yaml_io import YamlError, cut, read_yaml
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 DEFAULTS: dict[str, Any] = {
@@ -45,6 +46,20 @@ DEFAULTS: dict[str, Any] = {
 
 class ConfigError(ValueError):
     """The config file is missing, unparsable or does not match the schema."""
+
+
+# Source and version names become folder and file names (shards/<version>/<source>-...): they are
+# data, never paths, so nothing they name can leave the DataFlux home.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(value: str, *, what: str) -> str:
+    """`value` when it is a safe name (letters, digits, `_ . -`, at most 64, not starting with `.` or `-`),
+    else ConfigError naming `what` (e.g. `--name`)."""
+    if not isinstance(value, str) or not SAFE_NAME.match(value):
+        raise ConfigError(f"{what}: {cut(repr(value), 80)} is not a usable name; use letters, digits, "
+                          "_ . - (at most 64 characters, not starting with . or -)")
+    return value
 
 
 def schema_path(name: str) -> Path:
@@ -123,7 +138,7 @@ def validate(data: Any, *, origin: str) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"{origin}: {_field_path(e)}: {e.message}" for e in errors[:10]]
+        lines = [f"{origin}: {cut(_field_path(e), 120)}: {cut(e.message)}" for e in errors[:10]]
         more = f"\n... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise ConfigError("invalid data catalog:\n  " + "\n  ".join(lines) + more)
     for step in ("caption", "generate", "judge"):
@@ -137,12 +152,12 @@ def validate(data: Any, *, origin: str) -> None:
             raise ConfigError(f"{origin}: steps.answerers.{i}.checkpoint: a local answerer needs a checkpoint path")
     names = [a["name"] for a in (data.get("steps") or {}).get("answerers") or []]
     if len(names) != len(set(names)):
-        raise ConfigError(f"{origin}: steps.answerers: answerer names must be unique, got {names}")
+        raise ConfigError(f"{origin}: steps.answerers: answerer names must be unique, got {cut(repr(names))}")
     _check_field_mappings(data, origin)
     for i, sched in enumerate(data.get("schedules") or []):
         for src in sched.get("sources", []):
             if src not in data["sources"]:
-                raise ConfigError(f"{origin}: schedules.{i}.sources: unknown source {src!r}; known: {sorted(data['sources'])}")
+                raise ConfigError(f"{origin}: schedules.{i}.sources: unknown source {cut(repr(src), 80)}; known: {cut(repr(sorted(data['sources'])))}")
 
 
 def _check_field_mappings(data: dict, origin: str) -> None:
@@ -167,7 +182,7 @@ def _check_endpoint_ref(data: dict, spec: dict, where: str, origin: str) -> None
     endpoint = spec.get("endpoint")
     if endpoint is not None and endpoint not in (data.get("endpoints") or {}):
         known = sorted(data.get("endpoints") or {})
-        raise ConfigError(f"{origin}: {where}.endpoint: unknown endpoint {endpoint!r}; known: {known}")
+        raise ConfigError(f"{origin}: {where}.endpoint: unknown endpoint {cut(repr(endpoint), 80)}; known: {cut(repr(known))}")
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -176,9 +191,11 @@ def load_config(path: str | Path | None = None) -> Config:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found (pass --config or create data_catalog.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raw = read_yaml(path)
+    except YamlError as exc:
+        raise ConfigError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     return config_from_dict(raw, origin=str(path), path=path.resolve())
 
 
