@@ -101,7 +101,7 @@ def cmd_server(args) -> int:
 def _read_catalog(args):
     """The catalog the CLI would use, with the config's object-store settings applied so that
     versions stored on `s3://` can be read."""
-    from dataflux.cli import _catalog
+    from cli.main import _catalog
     from dataflux.config import load_config
     from dataflux.pipeline import use_object_store
 

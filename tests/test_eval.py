@@ -329,7 +329,7 @@ def finished_version(home, rows, finalize=True) -> str:
 
 def test_eval_command_on_a_finished_version_writes_scores_and_mmau_predictions(dataflux_home, checkpoint, tmp_path,
                                                                                capsys):
-    from dataflux.cli import main
+    from cli.main import main
 
     rows = pitch_rows(5, splits=("test", "test", "test", "train"))
     vid = finished_version(dataflux_home, rows)
@@ -349,7 +349,7 @@ def test_eval_command_on_a_finished_version_writes_scores_and_mmau_predictions(d
 
 
 def test_eval_command_refuses_a_draft_version(dataflux_home, checkpoint, capsys):
-    from dataflux.cli import main
+    from cli.main import main
 
     vid = finished_version(dataflux_home, pitch_rows(2, splits=("test",)), finalize=False)
     assert main(["eval", "--checkpoint", str(checkpoint), "--version", vid]) == 2
@@ -357,7 +357,7 @@ def test_eval_command_refuses_a_draft_version(dataflux_home, checkpoint, capsys)
 
 
 def test_eval_command_on_mmau_json_with_zeroed_audio(checkpoint, tmp_path, capsys):
-    from dataflux.cli import main
+    from cli.main import main
 
     (tmp_path / "audio" / "test-mini-audios").mkdir(parents=True)
     items = []

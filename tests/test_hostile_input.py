@@ -220,7 +220,7 @@ def sql_home(tmp_path_factory):
 
 def _sql_cli(home: Path, query: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATAFLUX_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "dataflux.cli", "sql", query], cwd=home, env=env,
+    return subprocess.run([sys.executable, "-m", "cli", "sql", query], cwd=home, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -307,7 +307,7 @@ def test_llm_serve_stops_its_llama_cpp_server_on_a_signal(smollm2, sig, tmp_path
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DATAFLUX_HOME": str(tmp_path)}
     log = tmp_path / "serve.log"  # a file, not a pipe: the server's loading log would fill a pipe and block it
     with open(log, "wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "dataflux.cli", "llm", "serve", "--model", str(smollm2),
+        serve = subprocess.Popen([sys.executable, "-m", "cli", "llm", "serve", "--model", str(smollm2),
                                   "--port", str(port), "--threads", "1", "--n-ctx", "512"],
                                  env=env, stdout=out, stderr=subprocess.STDOUT)
     children: list[int] = []

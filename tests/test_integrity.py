@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from dataflux.cli import main
+from cli.main import main
 from dataflux.config import load_config
 from dataflux.pipeline import process_partition
 from dataflux.storage import integrity
@@ -65,7 +65,7 @@ def _cli(home: Path, api_url: str, *args: str) -> subprocess.Popen:
     # which halves the CPU a run needs and changes nothing this module checks.
     env = {**os.environ, "DATAFLUX_HOME": str(home), "PREFECT_API_URL": api_url,
            "PATH": os.path.dirname(sys.executable)}
-    return subprocess.Popen([sys.executable, "-m", "dataflux.cli", *args], cwd=home.parent, env=env,
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=home.parent, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

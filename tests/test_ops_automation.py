@@ -68,7 +68,7 @@ def test_cron_deployment_builds_a_version_whose_finalization_starts_training(tmp
            "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "INFO"}
     with open(serve_log, "wb") as log:
         serving = subprocess.Popen(
-            [sys.executable, "-m", "dataflux.cli", "schedule", "--config", str(config), "--serve",
+            [sys.executable, "-m", "cli", "schedule", "--config", str(config), "--serve",
              "--with-training", "--set", "train.max_steps=2", "--query-seconds", "1"],
             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -134,7 +134,7 @@ def test_server_command_serves_the_api_and_ui_on_localhost(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
     with open(tmp_path / "server.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "dataflux.cli", "server", "--port", str(port)], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "cli", "server", "--port", str(port)], env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT_S

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflux.cli import main
+from cli.main import main
 from dataflux.config import load_config
 from flows.artifacts import artifact_key
 from flows.deploy import (

@@ -38,17 +38,17 @@ def test_ci_runs_the_readme_test_command():
 
 @pytest.mark.slow
 def test_demo_command_finalizes_a_version_and_prints_its_stats(dataflux_home):
-    proc = subprocess.run([sys.executable, "-m", "dataflux.cli", "demo", "--size", "24", "--partitions", "2",
+    proc = subprocess.run([sys.executable, "-m", "cli", "demo", "--size", "24", "--partitions", "2",
                            "--quiet"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "planted_errors" in proc.stdout and "samples" in proc.stdout
-    versions = subprocess.run([sys.executable, "-m", "dataflux.cli", "versions", "--json"], capture_output=True,
+    versions = subprocess.run([sys.executable, "-m", "cli", "versions", "--json"], capture_output=True,
                               text=True, timeout=120, cwd=ROOT)
     assert '"finalized"' in versions.stdout
 
 
 def test_every_dataflux_command_in_the_readme_exists_with_its_flags():
-    from dataflux.cli import build_parser
+    from cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -31,7 +31,7 @@ def _make_audio(folder: Path, names: list[str]) -> None:
 
 
 def _dataflux(args: list[str], capsys) -> str:
-    from dataflux.cli import main
+    from cli.main import main
 
     code = main(args)
     out = capsys.readouterr().out

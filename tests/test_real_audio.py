@@ -177,7 +177,7 @@ def test_speaker_gender_is_pooled_per_speaker_and_a_claim_against_the_speaker_is
 # ---- the pipeline on real audio -----------------------------------------------------------------
 
 def run_cli(*args: str, cwd: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "dataflux.cli", *args], cwd=cwd, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout

@@ -172,7 +172,7 @@ def test_diff_counts_added_removed_and_changed_samples(tmp_path):
 
 
 def test_report_and_diff_commands(tmp_path, monkeypatch, capsys):
-    from dataflux.cli import main
+    from cli.main import main
 
     catalog, v1, v2 = _hand_made_versions(tmp_path)
     monkeypatch.setenv("DATAFLUX_HOME", str(tmp_path))

@@ -99,7 +99,7 @@ def test_tampered_shard_is_detected_by_verify_and_refused_on_read(demo_version, 
     data[len(data) // 2] ^= 0xFF
     victim.chmod(0o644)  # shards are written read-only
     victim.write_bytes(bytes(data))
-    proc = subprocess.run([sys.executable, "-m", "dataflux.cli", "verify", summary["version"]],
+    proc = subprocess.run([sys.executable, "-m", "cli", "verify", summary["version"]],
                           capture_output=True, text=True, cwd=ROOT, env={**_env(), **env_home}, timeout=120)
     assert proc.returncode != 0
     assert victim.name in proc.stderr
@@ -114,11 +114,11 @@ def _env():
 def test_sql_command_reads_a_samples_view_and_refuses_writes(demo_version):
     home, _, summary = demo_version
     env = {**_env(), "DATAFLUX_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "dataflux.cli", "sql", "--json",
+    proc = subprocess.run([sys.executable, "-m", "cli", "sql", "--json",
                            "SELECT version_id, count(*) AS n FROM samples GROUP BY 1"],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["version_id"] == summary["version"]
-    proc = subprocess.run([sys.executable, "-m", "dataflux.cli", "sql", "DELETE FROM versions"],
+    proc = subprocess.run([sys.executable, "-m", "cli", "sql", "DELETE FROM versions"],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode != 0 and "read-only" in proc.stderr

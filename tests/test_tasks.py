@@ -230,7 +230,7 @@ def test_evaluate_tasks_scores_each_task_its_own_way():
 
 
 def test_eval_command_writes_one_json_with_a_block_per_task(dataflux_home, tmp_path, capsys):
-    from dataflux.cli import main
+    from cli.main import main
     from tests.test_eval import finished_version, pitch_rows, tiny_model_and_processor
 
     model, processor = tiny_model_and_processor()

@@ -37,7 +37,7 @@ def test_train_flow_trains_records_and_refuses_drafts(tmp_path):
 
 
 def test_cli_trains_then_generates_an_answer_for_a_wav_file(tmp_path, capsys):
-    from modeling.cli import main
+    from cli.train import main
 
     catalog = tmp_path / "catalog.duckdb"
     vid = write_tone_version(catalog, tmp_path / "shards", n_clips=12, n_shards=1, max_seconds=0.6)

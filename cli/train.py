@@ -27,7 +27,7 @@ def _catalog_path(args) -> str:
 
 
 def cmd_train(args) -> int:
-    from dataflux.cli import _prefect_env
+    from cli.main import _prefect_env
 
     _prefect_env()
     from flows.train import train_flow

@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
     import importlib.util
 
-    for module in ("modeling.cli", "modeling.eval_cli", "dataflux.llm.serve", "flows.ops"):
+    for module in ("cli.train", "cli.eval", "dataflux.llm.serve", "flows.ops"):
         if importlib.util.find_spec(module) is None:
             continue
         mod = importlib.import_module(module)

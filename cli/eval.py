@@ -111,7 +111,7 @@ def cmd_eval(args) -> int:
             loader = mmau_audio_loader(args.audio_dir)
             source = {"mmau": str(args.mmau), "audio_dir": str(args.audio_dir)}
         else:
-            from dataflux.cli import _catalog
+            from cli.main import _catalog
 
             items = load_version_rows(_catalog(args, read_only=True), args.version, args.split, args.limit)
             loader = None
