@@ -94,7 +94,7 @@ def test_absurd_sample_rate_in_header():
     data = bytearray(encode(sine(440, 0.5, 16000), 16000, "WAV", "PCM_16"))
     fmt_at = data.index(b"fmt ") + 8
     struct.pack_into("<I", data, fmt_at + 4, 1_000_000)
-    assert reason_of(bytes(data)).reason == "bad_sample_rate"
+    assert reason_of(bytes(data)).reason == "sample_rate_too_high"
 
 
 def test_too_long_and_too_short():
@@ -149,3 +149,33 @@ def test_quality_metrics_on_known_signals():
 
     noisy = tone + np.random.default_rng(0).normal(0, 0.01, tone.size).astype(np.float32)  # steady: no pauses
     assert quality_metrics(noisy, sr)["snr_db"] < 3
+
+
+def test_decoded_size_is_refused_from_the_header_before_decoding(monkeypatch):
+    import dataflux.audio.decode as decode
+
+    four_channels = np.zeros((48000, 4), dtype=np.float32)  # 1 s, 4 channels: 192,000 samples to decode
+    monkeypatch.setattr(decode, "MAX_DECODED_SAMPLES", 100_000)
+    read_blocks = []
+    monkeypatch.setattr(decode, "_read_mono", lambda *a, **k: read_blocks.append(1))
+    bad = reason_of(encode(four_channels, 48000, "FLAC"))
+    assert bad.reason == "too_large" and "4 channels" in bad.detail and "100,000" in bad.detail
+    assert read_blocks == []  # refused from the header: no sample was read
+
+
+def test_a_rate_above_the_limit_is_its_own_reject():
+    bad = reason_of(encode(np.zeros(4000, dtype=np.float32), 384000, "FLAC"))
+    assert bad.reason == "sample_rate_too_high" and "384000 Hz" in bad.detail and "192000" in bad.detail
+
+
+def test_block_by_block_downmix_equals_the_whole_file_mean(monkeypatch):
+    import dataflux.audio.decode as decode
+
+    rng = np.random.default_rng(0)
+    stereo = (0.3 * rng.standard_normal((16000 * 2, 3))).astype(np.float32)
+    data = encode(stereo, 16000, "WAV", "FLOAT")
+    whole, _ = decode_audio(data, name="x.wav")
+    monkeypatch.setattr(decode, "BLOCK_FRAMES", 999)
+    blocked, _ = decode_audio(data, name="x.wav")
+    assert np.array_equal(whole, blocked)
+    assert np.array_equal(whole, stereo.mean(axis=1, dtype=np.float32))

@@ -19,17 +19,25 @@ import soundfile as sf
 import soxr
 
 MIN_SAMPLE_RATE = 1000
-MAX_SAMPLE_RATE = 384000
+MAX_SAMPLE_RATE = 192_000  # the highest rate recorders use; a header above it is refused before decoding
+# Decoded size (frames x channels) a file may declare: 10 minutes of 96 kHz stereo. A 2 MB FLAC of
+# silence can declare 10 minutes of 8 channels at 384 kHz (1.8 G samples, 7.4 GB as float32): the header
+# is checked before a sample is read, and decoding downmixes block by block, so memory stays near the
+# mono signal's size.
+MAX_DECODED_SAMPLES = 120_000_000
+BLOCK_FRAMES = 1 << 18
 
 
 class BadAudio(Exception):
     """Audio that cannot become a clip.
 
-    `reason` is a stable code (unreadable, empty, nan_samples, bad_sample_rate, too_long,
-    too_short) that rejects tables group by; `detail` is the human explanation, naming the file.
+    `reason` is a stable code (unreadable, empty, nan_samples, bad_sample_rate, sample_rate_too_high,
+    too_long, too_large, too_short) that rejects tables group by; `detail` is the human explanation,
+    naming the file.
     """
 
-    REASONS = ("unreadable", "empty", "nan_samples", "bad_sample_rate", "too_long", "too_short")
+    REASONS = ("unreadable", "empty", "nan_samples", "bad_sample_rate", "sample_rate_too_high", "too_long",
+               "too_large", "too_short")
 
     def __init__(self, reason: str, detail: str):
         if reason not in self.REASONS:
@@ -67,8 +75,16 @@ class _NotSoundfile(Exception):
     """libsndfile could not open the bytes; another decoder may."""
 
 
-def _check_header(sr: int, frames: int, *, name: str, max_seconds: float) -> None:
-    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+def _check_header(sr: int, frames: int, *, name: str, max_seconds: float, channels: int = 1) -> None:
+    """Refuse from the header alone (frames < 0: unknown): a rate outside the limits, no frames, too long,
+    or more decoded samples (frames x channels) than MAX_DECODED_SAMPLES."""
+    if sr > MAX_SAMPLE_RATE:
+        raise BadAudio(
+            "sample_rate_too_high",
+            f"{name}: header says {sr} Hz, above the limit of {MAX_SAMPLE_RATE} Hz; resample it "
+            f"(e.g. to 48 kHz) first",
+        )
+    if sr < MIN_SAMPLE_RATE:
         raise BadAudio(
             "bad_sample_rate",
             f"{name}: header says {sr} Hz, outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz; "
@@ -82,6 +98,12 @@ def _check_header(sr: int, frames: int, *, name: str, max_seconds: float) -> Non
             f"{name}: {frames / sr:.1f} s is longer than max_seconds={max_seconds:g}; "
             "split it into shorter clips or raise max_seconds",
         )
+    if frames > 0 and frames * max(channels, 1) > MAX_DECODED_SAMPLES:
+        raise BadAudio(
+            "too_large",
+            f"{name}: {frames} frames x {channels} channels = {frames * channels:,} samples to decode, over the "
+            f"limit of {MAX_DECODED_SAMPLES:,}; downmix or resample it first",
+        )
 
 
 def _read_soundfile(data: bytes, *, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
@@ -93,13 +115,31 @@ def _read_soundfile(data: bytes, *, name: str, max_seconds: float) -> tuple[np.n
         sr = int(f.samplerate)
         # Compressed formats (MP3) may report an estimate; it is still good enough to refuse early.
         frames = int(f.frames) if f.frames is not None else -1
-        _check_header(sr, frames, name=name, max_seconds=max_seconds)
+        _check_header(sr, frames, name=name, max_seconds=max_seconds, channels=int(f.channels))
         try:
-            y = f.read(dtype="float32", always_2d=True)  # (T, C)
+            y = _read_mono(f, name=name, max_seconds=max_seconds)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise BadAudio("unreadable", f"{name}: decoding failed after a valid header "
                                          f"({_decoder_message(e)})") from e
     return y, sr
+
+
+def _read_mono(f: sf.SoundFile, *, name: str, max_seconds: float) -> np.ndarray:
+    """(T, 1) float32: the channels' mean, read BLOCK_FRAMES at a time, so a many-channel file never
+    sits in memory whole. Stops as soon as more frames arrive than the header's limits allow (a header
+    that under-reports its length)."""
+    sr, channels = int(f.samplerate), int(f.channels)
+    blocks, n = [], 0
+    while True:
+        block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)  # (t, C)
+        if block.shape[0] == 0:
+            break
+        blocks.append(block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy())
+        n += block.shape[0]
+        if n > max_seconds * sr + BLOCK_FRAMES:
+            _check_header(sr, n, name=name, max_seconds=max_seconds, channels=channels)
+    y = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    return y[:, None]
 
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -129,16 +169,17 @@ def _read_audioread(data: bytes, *, name: str, max_seconds: float, first_error: 
             with audioread.audio_open(tmp) as f:
                 sr, channels = int(f.samplerate), int(f.channels)
                 _check_header(sr, -1, name=name, max_seconds=max_seconds)
-                if f.duration and f.duration > max_seconds:
-                    _check_header(sr, int(f.duration * sr), name=name, max_seconds=max_seconds)
+                if f.duration:
+                    _check_header(sr, int(f.duration * sr), name=name, max_seconds=max_seconds, channels=channels)
                 limit = int(max_seconds * sr * channels) + 1
                 chunks, n = [], 0
                 for buf in f:
                     chunk = np.frombuffer(buf, dtype="<i2")
                     chunks.append(chunk)
                     n += chunk.size
-                    if n > limit:
-                        _check_header(sr, n // max(channels, 1), name=name, max_seconds=max_seconds)
+                    if n > limit or n > MAX_DECODED_SAMPLES:
+                        _check_header(sr, n // max(channels, 1), name=name, max_seconds=max_seconds,
+                                      channels=channels)
         except BadAudio:
             raise
         except Exception as e:  # audioread raises backend-specific errors (NoBackendError, DecodeError...)
