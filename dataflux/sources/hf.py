@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dataflux.records import Reject, SourceItem
+from dataflux.regular_file import NOT_REGULAR, not_regular
 from dataflux.sources.base import labels_from_record, partition_of
 from dataflux.sources.confine import outside_root_reject, resolved_root
 from dataflux.sources.fields import vocabulary_of
@@ -95,12 +96,21 @@ class HFSource:
             where = f"{self.path} [{self.split}] row {i}"
             audio = record.get(audio_col)
             to_read = _path_to_read(audio)
+            if to_read is not None and "\x00" in to_read:  # stat() would raise for the whole partition
+                yield Reject(self.name, key, "source", "bad_field", f"{where}: column {audio_col!r} holds a "
+                                                                    "path with a NUL byte, which no file name can")
+                continue
             if to_read is not None:
                 root = root or self._root()
                 outside = outside_root_reject(to_read, root, source=self.name, key=key,
                                               where=f"{where}: column {audio_col!r}", allowed=self.allow_outside_root)
                 if outside is not None:
                     yield outside
+                    continue
+                special = not_regular(to_read)
+                if special is not None:
+                    yield Reject(self.name, key, "source", NOT_REGULAR,
+                                 f"{where}: column {audio_col!r}: {special}; only regular files are read")
                     continue
             data, path = _audio_bytes(audio)
             if data is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dataflux.records import Reject, SourceItem
+from dataflux.regular_file import NOT_REGULAR, not_regular, require_regular
 from dataflux.sources.base import labels_from_record, partition_of
 from dataflux.sources.confine import is_under, outside_root_reject, resolved_root
 from dataflux.sources.fields import vocabulary_of
@@ -89,6 +90,7 @@ class ManifestSource:
         self.allow_outside_root = allow_outside_root
         if not self.manifest.exists():
             raise FileNotFoundError(f"source {name!r}: manifest {self.manifest} not found")
+        require_regular(self.manifest, what=f"source {name!r}: manifest")  # a FIFO hangs, /dev/zero never ends
         self.audio_root = Path(audio_root) if audio_root else self.manifest.parent
         self.fields = {**DEFAULT_FIELDS, **(fields or {})}
         self.license = license
@@ -118,7 +120,11 @@ class ManifestSource:
             if not rel:
                 yield Reject(self.name, key, "source", "bad_field", f"{where}: field {file_col!r} is missing or empty")
                 continue
-            audio_path = Path(rel) if os.path.isabs(rel) else self.audio_root / rel
+            if "\x00" in rel:  # no file name holds one; stat() would raise for the whole partition
+                yield Reject(self.name, key, "source", "bad_field",
+                             f"{where}: field {file_col!r} holds a NUL byte, which no file name can; fix the row")
+                continue
+            audio_path = self._path(rel)
             outside = outside_root_reject(audio_path, root, source=self.name, key=key,
                                           where=f"{where}: field {file_col!r}", allowed=self.allow_outside_root)
             if outside is not None:
@@ -126,6 +132,11 @@ class ManifestSource:
                 continue
             if not audio_path.exists():
                 yield Reject(self.name, key, "source", "missing_file", f"{where}: audio file {audio_path} does not exist")
+                continue
+            special = not_regular(audio_path)
+            if special is not None:
+                yield Reject(self.name, key, "source", NOT_REGULAR, f"{where}: field {file_col!r}: {special}; "
+                                                                    "only regular files are read")
                 continue
             labels = labels_from_record(record, self.fields, source=self.name, key=key, where=where,
                                         file_stem=audio_path.stem)
@@ -135,26 +146,29 @@ class ManifestSource:
             yield SourceItem(source=self.name, source_id=key, audio_path=str(audio_path), labels=labels,
                              license=self.license)
 
-    def listed_files(self) -> set[Path]:
-        """Resolved paths of the audio files the manifest's rows name (whatever became of the rows)."""
-        out = set()
+    def _path(self, rel: str) -> Path:
+        return Path(rel) if os.path.isabs(rel) else self.audio_root / rel
+
+    def _usable_cells(self) -> Iterator[str]:
+        """The rows' file cells that can name a file (not empty, no NUL byte)."""
         for _, record, _ in self._records():
             rel = str((record or {}).get(self.fields["file"]) or "").strip()
-            if rel:
-                out.add((Path(rel) if os.path.isabs(rel) else self.audio_root / rel).resolve())
-        return out
+            if rel and "\x00" not in rel:
+                yield rel
+
+    def listed_files(self) -> set[Path]:
+        """Resolved paths of the audio files the manifest's rows name (whatever became of the rows)."""
+        return {self._path(rel).resolve() for rel in self._usable_cells()}
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(self.manifest.read_bytes())
         root = resolved_root(self.audio_root)
-        for _, record, _ in self._records():
-            rel = (record or {}).get(self.fields["file"])
-            if rel:
-                p = Path(rel) if os.path.isabs(rel) else self.audio_root / rel
-                if p.exists() and (self.allow_outside_root or is_under(p, root)):
-                    st = p.stat()
-                    h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
+        for rel in self._usable_cells():
+            p = self._path(rel)
+            if p.exists() and (self.allow_outside_root or is_under(p, root)):
+                st = p.stat()
+                h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()
 
     def vocabulary(self) -> dict[str, list[str]]:
