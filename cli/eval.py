@@ -14,10 +14,17 @@ and exact accuracy), `asr` (WER), `caption` (ROUGE-L, BLEU), `open_qa` (exact an
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from cli.catalog_choice import open_catalog
+from dataflux.storage.catalog import CatalogError
+from dataflux.storage.shards import ShardError, read_shard
+from modeling.eval import evaluate, format_summary, load_mmau_items, mmau_audio_loader, write_mmau_json
+from modeling.task_eval import evaluate_tasks, format_task_summary
 
 ROW_COLUMNS = ["sample_id", "source", "audio", "split", "l0", "l1", "l2", "l3", "transcript", "question",
                "choices", "answer", "answer_index", "messages"]
@@ -27,7 +34,7 @@ OPTIONAL_COLUMNS = ["task"]  # absent from shards written before it existed: tho
 def register(subparsers) -> None:
     """Add the `eval` command to the `dataflux` command line's subparsers."""
     p = subparsers.add_parser("eval", help="score a checkpoint on a version's held-out split or on MMAU",
-                              description=__doc__, formatter_class=_raw_formatter())
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a directory saved by the trainer (model + processor)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--version", help="a finalized data version in the catalog")
@@ -48,20 +55,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _raw_formatter():
-    import argparse
-
-    return argparse.RawDescriptionHelpFormatter
-
-
 def load_version_rows(catalog, version: str, split: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of `split` from a finalized version, each shard checked against its recorded sha256.
 
     Raises the catalog's `VersionNotFinalized` for a draft and `ChecksumMismatch`/`ShardMissing` for
     a shard that changed; a version without rows in `split` is a ValueError naming the splits it has.
     """
-    from dataflux.storage.shards import read_shard
-
     catalog.shard_paths(version)  # refuses drafts and verifies every shard before anything is read
     rows: list[dict[str, Any]] = []
     seen_splits: set[str] = set()
@@ -84,7 +83,7 @@ def load_version_rows(catalog, version: str, split: str, limit: int | None = Non
 
 def load_checkpoint(path: str | Path, device: str | None = None):
     """(model, processor) from a directory the trainer saved with save_pretrained."""
-    import torch
+    import torch  # lazy, as below: torch takes seconds to import, which every other command would pay
 
     from modeling.model import EurekaAudioForCausalLM
     from modeling.processor import EurekaAudioProcessor
@@ -99,10 +98,6 @@ def load_checkpoint(path: str | Path, device: str | None = None):
 
 
 def cmd_eval(args) -> int:
-    from dataflux.storage.catalog import CatalogError
-    from dataflux.storage.shards import ShardError
-    from modeling.eval import evaluate, format_summary, load_mmau_items, mmau_audio_loader, write_mmau_json
-
     try:
         if args.mmau:
             if not args.audio_dir:
@@ -111,9 +106,7 @@ def cmd_eval(args) -> int:
             loader = mmau_audio_loader(args.audio_dir)
             source = {"mmau": str(args.mmau), "audio_dir": str(args.audio_dir)}
         else:
-            from cli.main import _catalog
-
-            items = load_version_rows(_catalog(args, read_only=True), args.version, args.split, args.limit)
+            items = load_version_rows(open_catalog(args, read_only=True), args.version, args.split, args.limit)
             loader = None
             source = {"version": args.version, "split": args.split}
         model, processor = load_checkpoint(args.checkpoint, args.device)
@@ -135,8 +128,6 @@ def cmd_eval(args) -> int:
     result["tasks"] = {"mcq": {k: result[k] for k in ("n", "mmau_accuracy", "exact_accuracy", "no_prediction")}}
     others = [it for it in items if task_of(it) != "mcq"]
     if others:
-        from modeling.task_eval import evaluate_tasks, format_task_summary
-
         blocks = evaluate_tasks(model, processor, others, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, max_new_tokens_text=args.max_new_tokens_text,
                                 audio_loader=loader, zero_audio=args.zero_audio)
