@@ -5,10 +5,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
+
+from dataflux.config import load_config
+from dataflux.home import dataflux_home
+from flows import prefect_env
 
 
 def _catalog_path(args) -> str:
@@ -18,19 +23,13 @@ def _catalog_path(args) -> str:
     data_config = args.data_config or ("data_catalog.yaml" if os.path.exists("data_catalog.yaml")
                                        and not os.environ.get("DATAFLUX_HOME") else None)
     if data_config:
-        from dataflux.config import load_config
-
         return str(load_config(data_config).catalog_path)
-    from dataflux.home import dataflux_home
-
     return str(dataflux_home() / "catalog.duckdb")
 
 
 def cmd_train(args) -> int:
-    from cli.main import _prefect_env
-
-    _prefect_env()
-    from flows.train import train_flow
+    prefect_env.apply()
+    from flows.train import train_flow  # lazy: importing prefect takes seconds, and must follow its env defaults
 
     result = train_flow(version=args.version, config=args.config, catalog_path=_catalog_path(args),
                         output_dir=args.output_dir, overrides=args.overrides)
@@ -46,7 +45,7 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     import numpy as np
-    import torch
+    import torch  # lazy, with the modeling imports below (they import torch): seconds that other commands skip
 
     from modeling.data import decode_row_audio
     from modeling.model import EurekaAudioForCausalLM
@@ -89,8 +88,6 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="modeling")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
