@@ -25,6 +25,10 @@ the totals the server reported, so a client's cost report can be checked against
 In tests: `with FaultServer(reply=...) as srv: srv.base_url` (uvicorn in a thread). For a
 benchmark in its own process: `python tests/fault_server.py --port 0 --latency-ms 200`
 (prints the base URL on its first line).
+
+`HostileServer(kind)` is a raw socket server that answers every request with a reply no client
+should buffer: an endless header, a body declared as 10 GB, or an endless chunked or unsized body.
+It counts the bytes it got out before the client hung up.
 """
 
 from __future__ import annotations
@@ -305,6 +309,79 @@ class FaultServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+HOSTILE_KINDS = ("endless_header", "huge_length", "endless_chunked", "endless_unsized")
+_FILL = b"x" * 65536
+
+
+class HostileServer:
+    """One thread per connection; each reads a request head and then sends `kind` until the client
+    closes the connection or `limit_bytes` went out (a client that never stops reading fails its test)."""
+
+    def __init__(self, kind: str, *, limit_bytes: int = 1 << 30):
+        if kind not in HOSTILE_KINDS:
+            raise ValueError(f"kind {kind!r}: use one of {HOSTILE_KINDS}")
+        self.kind = kind
+        self.limit_bytes = limit_bytes
+        self.sent = 0  # bytes written over all connections
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # closed by stop()
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _stream(self) -> tuple[bytes, bytes]:
+        """The reply's start, then the bytes repeated after it."""
+        if self.kind == "endless_header":
+            return b"HTTP/1.1 200 OK\r\nx-padding: ", _FILL
+        if self.kind == "huge_length":
+            return b"HTTP/1.1 200 OK\r\ncontent-length: 10000000000\r\n\r\n", _FILL
+        if self.kind == "endless_chunked":
+            return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"%x\r\n%s\r\n" % (len(_FILL), _FILL)
+        return b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n", _FILL
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                start, more = self._stream()
+                conn.sendall(start)
+                self.sent += len(start)
+                while self.sent < self.limit_bytes:
+                    conn.sendall(more)
+                    self.sent += len(more)
+            except OSError:  # the client hung up: what it should do
+                return
+
+    def __enter__(self) -> "HostileServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
+        self._sock.close()
 
 
 def main(argv: list[str] | None = None) -> None:

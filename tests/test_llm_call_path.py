@@ -1,6 +1,7 @@
 """The call path shared by a run's partitions: one client and one concurrency limit per endpoint in
 a process, keep-alive connections, batched cache reads and writes, and the HTTP/1.1 client's
-handling of what servers send (chunked bodies, closed connections)."""
+handling of what servers send (chunked bodies, closed connections, idle expiry, a bounded pool,
+and hostile replies that must end in a clear error, not in memory exhaustion)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pytest
 from dataflux.config import config_from_dict
 from dataflux.llm.cache import MemoryCallCache
 from dataflux.llm.cache_batches import CacheBatcher
+from dataflux.llm.client import EndpointPool
 from dataflux.llm.http1 import Http1Pool
+from dataflux.llm.transport import FormFile, HttpTransport, TransportConnectionError
 from dataflux.storage.catalog import Catalog
-from fault_server import FaultServer
+from fault_server import HOSTILE_KINDS, FaultServer, HostileServer
 
 SCHEMA = {"type": "object", "required": ["answer"], "additionalProperties": False,
           "properties": {"answer": {"type": "string"}}}
@@ -188,6 +191,90 @@ def test_http1_replaces_a_kept_alive_connection_the_server_closed():
     first, second, state = asyncio.run(main())
     assert first[2] == second[2] == b"ok"
     assert state["connections"] == 2
+
+
+def test_http1_closes_a_connection_idle_past_its_expiry_instead_of_reusing_it():
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    async def main(idle_s: float):
+        server, port, state = await scripted_server([ok, ok], close_after_each=False)
+        async with server:
+            pool = Http1Pool("http", "127.0.0.1", port, idle_s=idle_s)
+            await pool.post("/", b"1", {})
+            await asyncio.sleep(0.15)
+            second = await pool.post("/", b"2", {})
+            pool.close()
+            await asyncio.sleep(0.05)
+        return second, state, pool.opened
+
+    second, state, opened = asyncio.run(main(idle_s=0.05))
+    assert second[2] == b"ok" and state["connections"] == opened == 2
+    _, state, opened = asyncio.run(main(idle_s=30.0))
+    assert state["connections"] == opened == 1
+
+
+def test_http1_pool_opens_at_most_max_connections():
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    async def main():
+        server, port, state = await scripted_server([ok] * 12, close_after_each=False)
+        async with server:
+            pool = Http1Pool("http", "127.0.0.1", port, max_connections=2)
+            replies = await asyncio.gather(*(pool.post("/", b"%d" % i, {}) for i in range(12)))
+            pool.close()
+            await asyncio.sleep(0.05)
+        return replies, state
+
+    replies, state = asyncio.run(main())
+    assert [r[2] for r in replies] == [b"ok"] * 12
+    assert state["connections"] == 2
+
+
+CAP = 1 << 20  # a small body cap, so an endless body is refused fast
+
+
+@pytest.mark.parametrize("kind", HOSTILE_KINDS)
+@pytest.mark.parametrize("path", ["json", "upload"])
+def test_a_hostile_reply_ends_in_a_clear_error_after_at_most_a_cap(kind, path):
+    """An endless header, a body declared as 10 GB, an endless chunked or unsized body: the
+    request fails naming the cap, and the client hangs up long before the server runs out."""
+    with HostileServer(kind, limit_bytes=256 << 20) as srv:
+        transport = HttpTransport(srv.base_url, timeout_s=30.0, max_body_bytes=CAP)
+
+        async def main():
+            try:
+                if path == "json":
+                    return await transport.post_json("/chat/completions", b"{}", {})
+                return await transport.post_form("/audio/transcriptions", {"model": "m"},
+                                                 FormFile("file", "a.wav", b"RIFF", "audio/wav"), {})
+            finally:
+                await transport.aclose()
+
+        with pytest.raises(TransportConnectionError) as err:
+            asyncio.run(main())
+    message = str(err.value)
+    assert srv.base_url in message
+    if path == "json" or kind != "endless_header":  # aiohttp caps header lines with its own words
+        assert "cap" in message or "ran past" in message, message
+    assert srv.sent < 32 << 20, f"the client read {srv.sent:,} bytes of a hostile reply before giving up"
+
+
+def test_a_hostile_endpoint_costs_a_call_a_failure_not_the_run():
+    with HostileServer("huge_length") as srv:
+        pool = EndpointPool({"ep": {"base_url": srv.base_url, "model": "m", "max_retries": 1, "timeout_s": 30}},
+                            backoff_base_s=0.0)
+        client = pool.client("ep")
+
+        async def main():
+            try:
+                return await client.complete(step="t", messages=[{"role": "user", "content": "hi"}], schema=SCHEMA)
+            finally:
+                await pool.aclose()
+
+        reply = asyncio.run(main())
+    assert reply.data is None and reply.call.failure == "connection"
+    counters = pool.counters.snapshot()["ep"]
+    assert counters["requests"] == 2 and counters["failed"] == {"connection": 1}
 
 
 @pytest.mark.parametrize("fmt", ["input_audio", "audio_url"])

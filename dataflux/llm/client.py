@@ -172,7 +172,8 @@ class LLMClient:
         self._sleep = sleep
         self._rng = random.Random()
         # Anything with HttpTransport's post_json/post_form will do (benchmarks compare others).
-        self.transport = transport if transport is not None else HttpTransport(endpoint.base_url, endpoint.timeout_s)
+        self.transport = transport if transport is not None else HttpTransport(
+            endpoint.base_url, endpoint.timeout_s, max_connections=int(endpoint.concurrency))
         # (step, schema) -> the response_format, encoded once; the schema is held so its id stays its own.
         self._formats: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._formats_lock = threading.Lock()

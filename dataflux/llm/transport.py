@@ -1,7 +1,8 @@
 """HTTP to one model endpoint: a keep-alive connection pool per event loop, bytes in and out.
 
-JSON requests go through the lean HTTP/1.1 client in `http1`; multipart uploads and requests
-through a proxy go through aiohttp.
+JSON requests go through the HTTP/1.1 pool in `http1` (h11, with caps on header and body size,
+idle expiry and at most `max_connections` per loop); multipart uploads and requests through a
+proxy go through aiohttp, under the same body cap (aiohttp caps header lines itself).
 
 A run processes partitions in several threads, each with its own asyncio loop, and a connection
 belongs to the loop that opened it. So each loop gets its own pool for the endpoint, opened on
@@ -28,7 +29,7 @@ from typing import Mapping
 
 import aiohttp
 
-from dataflux.llm.http1 import Http1Pool
+from dataflux.llm.http1 import MAX_BODY_BYTES, MAX_CONNECTIONS, Http1Pool, ReplyTooLarge, size_text
 
 
 _timeout = getattr(asyncio, "timeout", None)  # 3.11+: no task per request, unlike wait_for
@@ -70,9 +71,12 @@ def _env_proxy(base_url: str) -> str | None:
 class HttpTransport:
     """POSTs to one endpoint. Safe from any thread or loop: each loop uses its own pool."""
 
-    def __init__(self, base_url: str, timeout_s: float):
+    def __init__(self, base_url: str, timeout_s: float, *, max_connections: int = MAX_CONNECTIONS,
+                 max_body_bytes: int = MAX_BODY_BYTES):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = float(timeout_s)
+        self.max_connections = int(max_connections)
+        self.max_body_bytes = int(max_body_bytes)
         self._sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = \
             weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -104,18 +108,33 @@ class HttpTransport:
         url = self.base_url + path
         try:
             async with self._session().post(url, data=data, headers=headers, proxy=self.proxy) as resp:
-                body = await resp.read()
+                body = await self._read_capped(resp)
                 return HttpReply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
         except asyncio.TimeoutError as exc:  # aiohttp's timeouts subclass it
             raise TransportTimeout(f"no reply from {url} within {self.timeout_s:g} s") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportConnectionError(f"{url}: {type(exc).__name__}: {exc}") from exc
 
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, refused past `max_body_bytes` (declared or as it arrives)."""
+        cap = self.max_body_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise ReplyTooLarge(f"the reply declares a body of {resp.content_length:,} bytes "
+                                f"(Content-Length), over the {size_text(cap)} cap: refused before reading it")
+        parts, size = [], 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > cap:
+                raise ReplyTooLarge(f"the reply body ran past the {size_text(cap)} cap: refused")
+            parts.append(chunk)
+        return b"".join(parts)
+
     def _http1(self) -> Http1Pool:
         loop = asyncio.get_running_loop()
         pool = self._http1_pools.get(loop)
         if pool is None:
-            pool = Http1Pool(self._scheme, self._host, self._port)
+            pool = Http1Pool(self._scheme, self._host, self._port, max_connections=self.max_connections,
+                             max_body_bytes=self.max_body_bytes)
             with self._lock:
                 self._http1_pools[loop] = pool
         return pool
