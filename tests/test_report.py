@@ -219,3 +219,28 @@ def test_markdown_summary_does_not_need_the_plotting_library():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=str(Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+HOSTILE_LICENCE = "<img src=x onerror=alert(1)> **bold** [link](http://evil)\n| injected | row |\n---\nlicense: mit"
+
+
+def test_dataset_card_escapes_markdown_and_html_and_keeps_its_table_rows_whole(tmp_path):
+    from dataflux.report.card import dataset_card
+
+    catalog = Catalog(tmp_path / "catalog.duckdb")
+    rows = [make_example_row(f"clip-{i}", source="evil_<b>src</b>", audio_bytes=tone_wav_bytes(200 + 20 * i),
+                             license=HOSTILE_LICENCE) for i in range(2)]
+    vid = catalog.create_version(name="evil")
+    info = write_shard(rows, shard_path(tmp_path / "shards", vid, "evil-p0000-of0001"))
+    catalog.commit_partition(vid, "evil-p0000-of0001", info, [], [], "run-test")
+    catalog.finalize(vid)
+    text = dataset_card(load_version_facts(catalog, vid))
+    header, body = text.removeprefix("---\n").split("\n---\n", 1)
+    front = yaml.safe_load(header)
+    assert front["license"] == "other" and "\n" not in front["license_name"]  # the header stays one value
+    assert front["license_name"].startswith("<img") and set(front) == set(yaml.safe_load(header))
+    assert "<img" not in body and "<b>" not in body and "**bold**" not in body and "[link](http" not in body
+    (row,) = [line for line in body.splitlines() if "evil\\_&lt;b" in line]
+    assert row.startswith("| evil\\_&lt;b&gt;src&lt;/b&gt; |") or row.startswith("| evil\\_&lt;b>src&lt;/b> |")
+    assert row.count(" | ") == 4 and "&#124; injected &#124; row &#124;" in row  # five cells, one line
+    assert not any(line.startswith("| injected") for line in text.splitlines())

@@ -12,7 +12,8 @@ import re
 import yaml
 
 from dataflux.report.facts import VersionFacts
-from dataflux.report.summary import categories_table, cost_table, headline, rejects_table, sources_table
+from dataflux.report.summary import (categories_table, cost_table, headline, markdown_text, rejects_table,
+                                     sources_table)
 
 # Hub licence ids we recognise in a source's free-text `license` (matched case-insensitively at the start).
 HUB_LICENSES = ("cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0", "cc-by-3.0",
@@ -51,15 +52,16 @@ def card_metadata(f: VersionFacts, data_glob: str = "data/*.parquet") -> dict:
         "size_categories": [size_category(f.n_rows)],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_glob}]}],
     }
-    if lic_name:
-        meta["license_name"] = lic_name
+    if lic_name:  # one line: a licence text's line breaks must not shape the YAML header
+        meta["license_name"] = " ".join(lic_name.split())
     return meta
 
 
 def _made_with(f: VersionFacts) -> list[str]:
     lines = []
     for m in f.models:
-        lines.append(f"- `{m['step']}`: {m['backend']} backend, model `{m['model']}` ({m['n_clips']} clips)")
+        lines.append(f"- {markdown_text(m['step'])}: {markdown_text(m['backend'])} backend, model "
+                     f"{markdown_text(m['model'])} ({m['n_clips']} clips)")
     return lines or ["- (no model calls recorded)"]
 
 

@@ -3,7 +3,21 @@ Prefect artifact published when a version is finalized."""
 
 from __future__ import annotations
 
+import re
+
 from dataflux.report.facts import VersionFacts
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#!|~])")
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\u2028\u2029\x85]+")
+
+
+def markdown_text(value: object) -> str:
+    """`value` as literal text inside Markdown (a table cell, a list item): HTML is shown as typed
+    (`<` and `&` become entities), Markdown's emphasis, links, images, code and table pipes are escaped,
+    and line breaks become spaces, so a source name or licence cannot add markup or break a table row."""
+    text = _LINE_BREAKS.sub(" ", str(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def _pct(num: int, den: int) -> str:
@@ -41,21 +55,27 @@ def headline(f: VersionFacts) -> list[tuple[str, str]]:
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(_LINE_BREAKS.sub(" ", str(c)).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    """A data value as a table cell: markdown_text, whose escaped pipes `_table` leaves alone."""
+    return markdown_text(value).replace("\\|", "&#124;")
 
 
 def sources_table(f: VersionFacts) -> str:
     return _table(["source", "licence", "items", "clips", "samples"],
-                  [[s["source"], s["license"] or "(no rows)", s["items"], s["clips"], s["rows"]] for s in f.sources])
+                  [[_cell(s["source"]), _cell(s["license"] or "(no rows)"), s["items"], s["clips"], s["rows"]]
+                   for s in f.sources])
 
 
 def categories_table(f: VersionFacts) -> str:
-    return _table(["category (L0 > L1 > L2 > L3)", "samples"], [[k, n] for k, n in f.per_category.items()])
+    return _table(["category (L0 > L1 > L2 > L3)", "samples"], [[_cell(k), n] for k, n in f.per_category.items()])
 
 
 def rejects_table(f: VersionFacts) -> str:
-    return _table(["stage", "reason", "count"], [[r["stage"], r["reason"], r["n"]] for r in f.rejects])
+    return _table(["stage", "reason", "count"], [[_cell(r["stage"]), _cell(r["reason"]), r["n"]] for r in f.rejects])
 
 
 def cost_table(f: VersionFacts) -> str:
