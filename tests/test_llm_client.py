@@ -13,8 +13,9 @@ import pytest
 
 from dataflux.llm.budget import Budget, BudgetExhausted
 from dataflux.llm.cache import MemoryCallCache, request_sha256
-from dataflux.llm.client import EndpointError, EndpointPool, _retry_after_s
+from dataflux.llm.client import EndpointPool
 from dataflux.llm.endpoint import EndpointConfigError
+from dataflux.llm.replies import EndpointError, retry_after_s
 from fault_server import FaultServer
 
 SCHEMA = {"type": "object", "required": ["answer"], "additionalProperties": False,
@@ -287,11 +288,11 @@ def test_request_hash_covers_audio_bytes_but_not_their_encoding():
 
 def test_retry_after_accepts_seconds_milliseconds_and_http_dates():
     import email.utils
-    assert _retry_after_s({"retry-after": "3"}) == 3.0
-    assert _retry_after_s({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
+    assert retry_after_s({"retry-after": "3"}) == 3.0
+    assert retry_after_s({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
     future = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 < _retry_after_s({"retry-after": future}) <= 30
-    assert _retry_after_s({"retry-after": "soon"}) is None and _retry_after_s({}) is None
+    assert 25 < retry_after_s({"retry-after": future}) <= 30
+    assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s({}) is None
 
 
 def test_json_object_mode_spells_small_integer_ranges_for_grammar_servers(server):

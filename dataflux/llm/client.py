@@ -7,7 +7,8 @@ One logical call (`LLMClient.complete`) may send several HTTP requests:
 - one repair request that shows the model its own reply and the validation error.
 Whatever happens, the call ends as a `Reply` whose `call.failure` is None or a reason code
 from `counters.FAILURE_REASONS`; only a spent budget raises (`BudgetExhausted`) and a rejected
-API key or unknown model raises `EndpointError`, since every later call would fail the same way.
+API key or unknown model raises `replies.EndpointError`, since every later call would fail the
+same way (`replies` reads what a status and a body mean).
 
 A content-addressed cache (`cache.CallCache`, the DuckDB catalog in a run) answers repeated
 requests without a call. Replies that are the model's own (valid, or invalid after repair) are
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import json
 import logging
 import random
@@ -42,6 +42,7 @@ from dataflux.llm.counters import CallCounters
 from dataflux.llm.endpoint import NO_KEY, Endpoint
 from dataflux.llm.limiter import CrossLoopLimiter
 from dataflux.llm.prompts import load_prompt
+from dataflux.llm.replies import Completion, Retryable, TransportFailure, check_status, parse_completion
 from dataflux.llm.structured import ReplyError, check_reply, response_format
 from dataflux.llm.transport import FormFile, HttpReply, HttpTransport, TransportConnectionError, TransportTimeout
 from dataflux.steps.base import Call
@@ -52,10 +53,6 @@ REPAIR_PROMPT = "repair_v1"
 MAX_RETRY_AFTER_S = 300.0
 # Reasons whose reply is the model's deterministic answer to the request: cached like a success.
 _CONTENT_FAILURES = ("invalid_json", "schema_violation", "truncated")
-
-
-class EndpointError(RuntimeError):
-    """The endpoint refuses every request (bad key, unknown model or path): fix the config."""
 
 
 @dataclass
@@ -72,85 +69,30 @@ class Reply:
     request_sha256: str = ""
 
 
-class _TransportFailure(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+@dataclass
+class _Conversation:
+    """What the requests of one logical call have produced so far."""
+
+    model: str
+    messages: list[dict]  # what the next request sends
+    max_tokens: int
+    tokens_in: int = 0
+    tokens_out: int = 0
+    text: str | None = None
+    data: Any = None
+    failure: str | None = None
+    lengthened: bool = False
+    repaired: bool = False
 
 
-class _Retryable(Exception):
-    """A request a retry may cure (429, 5xx, 408, an unreadable 200)."""
-
-    def __init__(self, reason: str, detail: str, retry_after: float | None):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.retry_after = retry_after
-
-
-def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-@dataclass(frozen=True)
-class _Completion:
-    """The fields of a chat completion a call uses."""
-
-    model: str | None
-    tokens_in: int
-    tokens_out: int
-    text: str | None
-    finish_reason: str | None
-
-
-def _error_message(body: bytes) -> str:
-    """The `error.message` of an OpenAI-style error body, else the body's start."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:300].decode("utf-8", "replace")
-    if isinstance(doc, dict):
-        err = doc.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    return body[:300].decode("utf-8", "replace")
-
-
-def _parse_completion(body: bytes) -> _Completion:
-    """Raises ValueError when a 200's body is not a chat completion object."""
-    doc = orjson.loads(body)
-    if not isinstance(doc, dict):
-        raise ValueError(f"the reply is JSON but not an object: {body[:80]!r}")
-    usage = doc.get("usage") or {}
-    choices = doc.get("choices") or []
-    choice = choices[0] if choices and isinstance(choices[0], dict) else None
-    message = (choice or {}).get("message") or {}
-    return _Completion(model=doc.get("model"), tokens_in=int(usage.get("prompt_tokens") or 0),
-                       tokens_out=int(usage.get("completion_tokens") or 0), text=message.get("content"),
-                       finish_reason=(choice or {}).get("finish_reason"))
+def _repair_messages(messages: list[dict], text: str | None, err: ReplyError, schema: dict) -> list[dict]:
+    """The call's messages, then the model's invalid reply and a request to repair it."""
+    repair = load_prompt(REPAIR_PROMPT).render_block(
+        "user", error=str(err), schema=json.dumps(schema, separators=(", ", ": "), ensure_ascii=False))
+    return list(messages) + [
+        {"role": "assistant", "content": text or ""},
+        {"role": "user", "content": repair},
+    ]
 
 
 class LLMClient:
@@ -223,34 +165,9 @@ class LLMClient:
             return wait + self._rng.uniform(0, 0.1 * wait + 0.01)
         return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
 
-    def _check_status(self, reply: HttpReply) -> None:
-        """Return for a 2xx; raise _Retryable for what a retry may cure, EndpointError for what it
-        cannot (bad key, unknown model or path), _TransportFailure otherwise."""
-        status = reply.status
-        if 200 <= status < 300:
-            return
-        name = self.endpoint.name
-        retry_after = _retry_after_s(reply.headers)
-        if status == 429:
-            raise _Retryable("rate_limited", f"HTTP 429: {_error_message(reply.body)}", retry_after)
-        if status == 408:
-            raise _Retryable("timeout", f"HTTP 408: {_error_message(reply.body)}", retry_after)
-        if status == 409 or status >= 500:
-            raise _Retryable("server_error", f"HTTP {status}: {_error_message(reply.body)}", retry_after)
-        if status in (401, 403):
-            raise EndpointError(
-                f"endpoint {name} ({self.endpoint.base_url}) refused the credentials (HTTP {status}): "
-                f"check the key in ${self.endpoint.api_key_env or '<no api_key_env configured>'}")
-        if status == 404:
-            raise EndpointError(
-                f"endpoint {name}: HTTP 404 from {self.endpoint.base_url} for model "
-                f"{self.endpoint.model!r}: check base_url (usually ends in /v1) and model")
-        raise _TransportFailure("client_error",
-                                self._scrub(f"HTTP {status}: {_error_message(reply.body)}"[:500]))
-
     async def _send(self, send: Callable[[dict], Awaitable[HttpReply]], parse: Callable[[bytes], Any]) -> Any:
         """One request with transport retries; returns `parse(body)` of the first good reply.
-        Raises _TransportFailure or BudgetExhausted."""
+        Raises TransportFailure or BudgetExhausted."""
         name = self.endpoint.name
         attempt = 0
         while True:
@@ -265,13 +182,13 @@ class LLMClient:
                 self.counters.add(name, "requests")
                 try:
                     reply = await send(headers)
-                    self._check_status(reply)
+                    check_status(reply, self.endpoint, self._scrub)
                     try:
                         parsed = parse(reply.body)
                     except (ValueError, TypeError, AttributeError) as exc:  # a 200 that is no completion
-                        raise _Retryable("server_error", f"unreadable reply body ({type(exc).__name__}: {exc})",
+                        raise Retryable("server_error", f"unreadable reply body ({type(exc).__name__}: {exc})",
                                          None) from None
-                except _Retryable as exc:
+                except Retryable as exc:
                     reason, retry_after, detail = exc.reason, exc.retry_after, self._scrub(exc.detail)[:500]
                 except TransportTimeout as exc:
                     reason, retry_after, detail = "timeout", None, self._scrub(f"timeout: {exc}")[:500]
@@ -287,7 +204,7 @@ class LLMClient:
                 return parsed
             self.counters.event(name, reason)
             if attempt >= int(self.endpoint.max_retries):
-                raise _TransportFailure(reason, detail)
+                raise TransportFailure(reason, detail)
             attempt += 1
             self.counters.add(name, "retries")
             wait = self._backoff_s(attempt, retry_after)
@@ -348,79 +265,74 @@ class LLMClient:
         if fmt is not None:
             fixed["response_format"] = fmt
         t0 = time.perf_counter()
-        tokens_in = tokens_out = 0
-        model = ep.model
-        attempt_messages = messages
-        attempt_max_tokens = max_tokens
-        lengthened = repaired = False
-        text: str | None = None
-        failure: str | None = None
-        data: Any = None
+        conv = _Conversation(model=ep.model, messages=messages, max_tokens=max_tokens)
+        try:
+            await self._converse(conv, fixed, messages, schema, check)
+        except TransportFailure as tf:
+            return await self._failed(step, backend, conv.model, prompt_sha256, params, seed, conv.tokens_in,
+                                      conv.tokens_out, t0, tf.reason, conv.text, key, cache=False, detail=tf.detail)
+        if conv.failure is not None:
+            return await self._failed(step, backend, conv.model, prompt_sha256, params, seed, conv.tokens_in,
+                                      conv.tokens_out, t0, conv.failure, conv.text, key, cache=True)
+        latency = time.perf_counter() - t0
+        self.counters.add(ep.name, "ok")
+        call = Call(step=step, backend=backend, model=conv.model, prompt_sha256=prompt_sha256,
+                    params=params, seed=seed, tokens_in=conv.tokens_in, tokens_out=conv.tokens_out,
+                    cost_usd=ep.cost_usd(conv.tokens_in, conv.tokens_out), latency_s=latency)
+        await self._store(key, step, conv.model, {"data": conv.data, "text": conv.text, "failure": None}, call)
+        return Reply(data=conv.data, text=conv.text, call=call, request_sha256=key)
+
+    async def _converse(self, conv: "_Conversation", fixed: dict, messages: list[dict], schema: dict | None,
+                        check: Callable[[Any], list[str]] | None) -> None:
+        """Requests until a reply is accepted or has failed for good (`conv.failure`): one retry
+        with twice the tokens after a cut-off reply, one repair after an invalid one. Raises
+        TransportFailure when the endpoint could not answer."""
+        ep = self.endpoint
         transport = self.transport
         while True:
-            body = orjson.dumps({**fixed, "messages": attempt_messages, "max_tokens": attempt_max_tokens})
+            body = orjson.dumps({**fixed, "messages": conv.messages, "max_tokens": conv.max_tokens})
 
             def send(headers: dict, body: bytes = body) -> Awaitable[HttpReply]:
                 return transport.post_json("/chat/completions", body, headers)
 
-            try:
-                resp: _Completion = await self._send(send, _parse_completion)
-            except _TransportFailure as tf:
-                return await self._failed(step, backend, model, prompt_sha256, params, seed, tokens_in,
-                                          tokens_out, t0, tf.reason, text, key, cache=False, detail=tf.detail)
-            model = resp.model or model
-            r_in, r_out = resp.tokens_in, resp.tokens_out
-            tokens_in += r_in
-            tokens_out += r_out
-            cost = ep.cost_usd(r_in, r_out)
-            self.counters.spend(ep.name, r_in, r_out, cost)
+            resp: Completion = await self._send(send, parse_completion)
+            conv.model = resp.model or conv.model
+            conv.tokens_in += resp.tokens_in
+            conv.tokens_out += resp.tokens_out
+            cost = ep.cost_usd(resp.tokens_in, resp.tokens_out)
+            self.counters.spend(ep.name, resp.tokens_in, resp.tokens_out, cost)
             self.budget.charge(cost)
-            text = resp.text
+            conv.text = text = resp.text
             if resp.finish_reason == "length":
                 self.counters.event(ep.name, "truncated")
-                if not lengthened:
-                    lengthened = True
-                    attempt_max_tokens = attempt_max_tokens * 2
+                if not conv.lengthened:
+                    conv.lengthened = True
+                    conv.max_tokens = conv.max_tokens * 2
                     continue
-                failure = "truncated"
-                break
+                conv.failure = "truncated"
+                return
             if schema is None:
                 if text is None or not text.strip():
                     self.counters.event(ep.name, "invalid_json")
-                    failure = "invalid_json"
+                    conv.failure = "invalid_json"
                 else:
-                    data = text
-                break
+                    conv.data = text
+                return
             try:
-                data = check_reply(text, schema)
-                extra = check(data) if check is not None else []
+                conv.data = check_reply(text, schema)
+                extra = check(conv.data) if check is not None else []
                 if extra:
                     raise ReplyError("schema_violation", "; ".join(extra))
-                break
+                return
             except ReplyError as err:
-                data = None
+                conv.data = None
                 self.counters.event(ep.name, err.reason)
-                if repaired:
-                    failure = err.reason
-                    break
-                repaired = True
+                if conv.repaired:
+                    conv.failure = err.reason
+                    return
+                conv.repaired = True
                 self.counters.add(ep.name, "repairs")
-                repair = load_prompt(REPAIR_PROMPT).render_block(
-                    "user", error=str(err), schema=json.dumps(schema, separators=(", ", ": "), ensure_ascii=False))
-                attempt_messages = list(messages) + [
-                    {"role": "assistant", "content": text or ""},
-                    {"role": "user", "content": repair},
-                ]
-        if failure is not None:
-            return await self._failed(step, backend, model, prompt_sha256, params, seed, tokens_in,
-                                      tokens_out, t0, failure, text, key, cache=True)
-        latency = time.perf_counter() - t0
-        self.counters.add(ep.name, "ok")
-        call = Call(step=step, backend=backend, model=model, prompt_sha256=prompt_sha256,
-                    params=params, seed=seed, tokens_in=tokens_in, tokens_out=tokens_out,
-                    cost_usd=ep.cost_usd(tokens_in, tokens_out), latency_s=latency)
-        await self._store(key, step, model, {"data": data, "text": text, "failure": None}, call)
-        return Reply(data=data, text=text, call=call, request_sha256=key)
+                conv.messages = _repair_messages(messages, text, err, schema)
 
     async def _failed(self, step, backend, model, prompt_sha256, params, seed, tokens_in, tokens_out,
                       t0, reason, text, key, *, cache: bool, detail: str = "") -> Reply:
@@ -474,7 +386,7 @@ class LLMClient:
 
         try:
             text, t_in, t_out = await self._send(send, parse)
-        except _TransportFailure as tf:
+        except TransportFailure as tf:
             return await self._failed(step, backend, ep.model, "", params, None, 0, 0, t0, tf.reason, None,
                                       key, cache=False, detail=tf.detail)
         cost = ep.cost_usd(t_in, t_out)
