@@ -1,42 +1,33 @@
-"""The `dataflux` command line."""
+"""The `dataflux` command line.
+
+The data commands (demo, run, versions, stats, sql, verify, runs) live here; the modules beside
+this one add theirs (`train`/`generate`, `eval`, `llm serve`, and schedule/trigger/server/report/diff).
+flows.synthesize is imported inside the commands that run it: it imports prefect, seconds of
+start-up that `dataflux versions` or `--help` should not pay, and only after `flows.prefect_env`
+has set Prefect's defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-}
+import duckdb
 
-
-def _prefect_env() -> None:
-    for key, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-
-
-def _catalog(args, *, read_only: bool = False):
-    from dataflux.config import load_config
-    from dataflux.home import dataflux_home
-    from dataflux.storage.catalog import Catalog
-
-    if getattr(args, "config", None):
-        from dataflux.pipeline import use_object_store
-
-        config = load_config(args.config)
-        use_object_store(config)
-        path = config.catalog_path
-    elif os.path.exists("data_catalog.yaml") and not os.environ.get("DATAFLUX_HOME"):
-        path = load_config("data_catalog.yaml").catalog_path
-    else:
-        path = str(dataflux_home() / "catalog.duckdb")
-    return Catalog(path, read_only=read_only)
+from cli import eval as eval_command
+from cli import llm as llm_command
+from cli import ops as ops_commands
+from cli import train as train_commands
+from cli.catalog_choice import open_catalog
+from dataflux.config import ConfigError, demo_config, load_config
+from dataflux.storage.catalog import Catalog, CatalogError
+from dataflux.storage.row_schema import TASKS
+from dataflux.storage.shards import ShardError
+from dataflux.storage.sql_sandbox import one_line
+from dataflux.storage.writer_lock import writer_lock_held
+from flows import prefect_env
 
 
 def _print_json(obj: Any) -> None:
@@ -44,15 +35,12 @@ def _print_json(obj: Any) -> None:
 
 
 def cmd_demo(args) -> int:
-    _prefect_env()
-    from dataflux.config import demo_config
-    from flows.synthesize import run_synthesis
+    prefect_env.apply()
+    from flows.synthesize import run_synthesis, unverified  # lazy: imports prefect (see above)
 
     config = demo_config(size=args.size, seed=args.seed, error_rate=args.error_rate, partitions=args.partitions,
                          tasks=_demo_tasks(args.tasks))
     if args.unverified:
-        from flows.synthesize import unverified
-
         config = unverified(config)
     print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%})"
           f"{', verification off' if args.unverified else ''}; state in {config.home}")
@@ -62,8 +50,6 @@ def cmd_demo(args) -> int:
         print(f"run {summary['run_id']} did not complete ({summary['status']}); rerun `dataflux demo` to resume",
               file=sys.stderr)
         return 1
-    from dataflux.storage.catalog import Catalog
-
     stats = Catalog(config.catalog_path, read_only=True).stats(summary["version"])
     _print_stats(summary["version"], stats)
     return 0
@@ -94,22 +80,17 @@ def _demo_tasks(text: str | None) -> list[str] | None:
     """`--tasks all` or a comma list (mcq,asr,...) -> the task list; None keeps the default (mcq)."""
     if not text:
         return None
-    from dataflux.storage.row_schema import TASKS
-
     return list(TASKS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
 
 
 def cmd_run(args) -> int:
-    _prefect_env()
-    from dataflux.config import load_config
-    from flows.synthesize import run_synthesis
+    prefect_env.apply()
+    from flows.synthesize import run_synthesis, unverified  # lazy: imports prefect (see above)
 
     config = load_config(args.config)
     if args.plant_errors is not None:
         plant_on_sources(config, args.source or list(config.sources), args.plant_errors)
     if args.unverified:
-        from flows.synthesize import unverified
-
         config = unverified(config)
     summary = run_synthesis(config, sources=args.source or None, version=args.version, name=args.name,
                             finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse,
@@ -121,7 +102,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_versions(args) -> int:
-    versions = _catalog(args, read_only=True).list_versions()
+    versions = open_catalog(args, read_only=True).list_versions()
     if args.json:
         _print_json(versions)
         return 0
@@ -173,13 +154,13 @@ def _print_stats(version: str, stats: dict) -> None:
 
 
 def cmd_stats(args) -> int:
-    stats = _catalog(args, read_only=True).stats(args.version)
+    stats = open_catalog(args, read_only=True).stats(args.version)
     _print_json(stats) if args.json else _print_stats(args.version, stats)
     return 0
 
 
 def cmd_sql(args) -> int:
-    columns, rows = _catalog(args, read_only=True).query(args.query)
+    columns, rows = open_catalog(args, read_only=True).query(args.query)
     if args.json:
         _print_json([dict(zip(columns, r)) for r in rows])
         return 0
@@ -192,9 +173,7 @@ def cmd_sql(args) -> int:
 def cmd_runs(args) -> int:
     """Runs, oldest first. A run recorded `running` while no process holds the catalog's writer lock
     died without finishing: it is shown as `interrupted` (the next run records it so)."""
-    from dataflux.storage.writer_lock import writer_lock_held
-
-    catalog = _catalog(args, read_only=True)
+    catalog = open_catalog(args, read_only=True)
     runs = [{"run_id": r, "version_id": v, "status": st, "started_at": s0, "ended_at": s1}
             for r, v, st, s0, s1 in catalog._fetch(
                 "SELECT run_id, version_id, status, started_at, ended_at FROM runs ORDER BY started_at")]
@@ -212,7 +191,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    problems = _catalog(args, read_only=True).verify(args.version)
+    problems = open_catalog(args, read_only=True).verify(args.version)
     if problems:
         for p in problems:
             print(f"MISMATCH {p}", file=sys.stderr)
@@ -274,28 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 
-    import importlib
-    import importlib.util
-
-    for module in ("cli.train", "cli.eval", "dataflux.llm.serve", "flows.ops"):
-        if importlib.util.find_spec(module) is None:
-            continue
-        mod = importlib.import_module(module)
-        if hasattr(mod, "register"):
-            mod.register(sub)
+    for commands in (train_commands, eval_command, llm_command, ops_commands):
+        commands.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import duckdb
-
-    from dataflux.config import ConfigError
-    from dataflux.storage.catalog import CatalogError
-    from dataflux.storage.shards import ShardError
-    from dataflux.storage.sql_sandbox import one_line
-
     try:
         return int(args.func(args) or 0)
     except (ConfigError, CatalogError, ShardError, FileNotFoundError, KeyError, ValueError) as exc:

@@ -1,7 +1,9 @@
 """Day-to-day commands: `dataflux schedule`, `server`, `trigger`, `report` and `diff`.
 
-`dataflux.cli` calls `register(subparsers)`; each command is a thin wrapper over flows/deploy.py
-(Prefect side) or dataflux/report (catalog side).
+`cli.main` calls `register(subparsers)`; each command is a thin wrapper over flows/deploy.py
+(Prefect side) or dataflux/report (catalog side). flows/deploy.py is imported inside the commands:
+it imports prefect, seconds of start-up that the other commands skip, and only after
+`flows.prefect_env` has set Prefect's defaults.
 """
 
 from __future__ import annotations
@@ -11,17 +13,14 @@ import os
 import subprocess
 import sys
 
-
-def _prefect_env() -> None:
-    from flows.deploy import SERVER_ENV
-
-    for key, value in SERVER_ENV.items():
-        os.environ.setdefault(key, value)
+from cli.catalog_choice import open_catalog_for_reading
+from dataflux.config import demo_config, load_config
+from dataflux.report import write_report
+from dataflux.report.diff import diff_versions, format_diff
+from flows import prefect_env
 
 
 def _config(args):
-    from dataflux.config import demo_config, load_config
-
     if args.config:
         return load_config(args.config)
     if os.path.exists("data_catalog.yaml"):
@@ -32,7 +31,7 @@ def _config(args):
 def _refusing(fn):
     """Run a command; a ServeError (no server, no training flow, bad preset) is a message, not a traceback."""
     def run(args) -> int:
-        from flows.deploy import ServeError
+        from flows.deploy import ServeError  # lazy: imports prefect (see the module's docstring)
 
         try:
             return fn(args)
@@ -46,8 +45,8 @@ def _refusing(fn):
 
 @_refusing
 def cmd_schedule(args) -> int:
-    _prefect_env()
-    from flows.deploy import schedule_deployments, serve_deployments, training_deployment
+    prefect_env.apply(prefect_env.SERVER)
+    from flows.deploy import schedule_deployments, serve_deployments, training_deployment  # lazy: imports prefect
 
     config = _config(args)
     deployments = schedule_deployments(config, cron=args.cron)
@@ -75,8 +74,8 @@ def cmd_schedule(args) -> int:
 
 @_refusing
 def cmd_trigger(args) -> int:
-    _prefect_env()
-    from flows.deploy import serve_deployments, training_deployment
+    prefect_env.apply(prefect_env.SERVER)
+    from flows.deploy import serve_deployments, training_deployment  # lazy: imports prefect
 
     config = _config(args)
     deployment = training_deployment(config, preset=args.preset, overrides=args.set)
@@ -87,7 +86,7 @@ def cmd_trigger(args) -> int:
 
 
 def cmd_server(args) -> int:
-    from flows.deploy import LocalServer, server_env
+    from flows.deploy import LocalServer, server_env  # lazy: imports prefect
 
     server = LocalServer(host=args.host, port=args.port)
     print(f"Prefect UI: {server.url}\nIn other shells: export PREFECT_API_URL={server.api_url}\n"
@@ -98,23 +97,8 @@ def cmd_server(args) -> int:
         return 0
 
 
-def _read_catalog(args):
-    """The catalog the CLI would use, with the config's object-store settings applied so that
-    versions stored on `s3://` can be read."""
-    from cli.main import _catalog
-    from dataflux.config import load_config
-    from dataflux.pipeline import use_object_store
-
-    path = args.config or ("data_catalog.yaml" if os.path.exists("data_catalog.yaml") else None)
-    if path:
-        use_object_store(load_config(path))
-    return _catalog(args, read_only=True)
-
-
 def cmd_report(args) -> int:
-    from dataflux.report import write_report
-
-    catalog = _read_catalog(args)
+    catalog = open_catalog_for_reading(args)
     out = args.out or os.path.join("reports", args.version)
     files = write_report(catalog, args.version, out, copy_shards=args.copy_shards)
     print(f"report:       {files.html}\ndataset card: {files.card}"
@@ -123,9 +107,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from dataflux.report.diff import diff_versions, format_diff
-
-    result = diff_versions(_read_catalog(args), args.v1, args.v2)
+    result = diff_versions(open_catalog_for_reading(args), args.v1, args.v2)
     print(json.dumps(result, indent=2, default=str) if args.json else format_diff(result))
     return 0
 

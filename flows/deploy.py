@@ -25,16 +25,11 @@ from typing import Any
 from prefect import flow
 
 from dataflux.config import Config, config_from_dict, load_config
+from flows import prefect_env
 
 FINALIZED_EVENT = "dataflux.version.finalized"
 CATALOG_LABEL = "dataflux.catalog"  # resource label naming the catalog a finalized version lives in
 TRAINING_DEPLOYMENT = "train-on-finalize"
-SERVER_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_UI_ENABLED": "true",
-}
 SERVER_STARTUP_TIMEOUT_S = 120.0
 
 
@@ -183,9 +178,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def server_env(home: str | os.PathLike | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in SERVER_ENV.items():
-        env.setdefault(key, value)
+    env = {**prefect_env.SERVER, **os.environ}
     env.pop("PREFECT_API_URL", None)  # the server must not try to talk to another server
     if home is not None:
         env["PREFECT_HOME"] = str(home)

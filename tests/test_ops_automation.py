@@ -17,7 +17,8 @@ import pytest
 
 from dataflux.storage.catalog import Catalog
 from flows.artifacts import artifact_key
-from flows.deploy import SERVER_ENV, SERVER_STARTUP_TIMEOUT_S, LocalServer, free_port, server_healthy
+from flows.deploy import SERVER_STARTUP_TIMEOUT_S, LocalServer, free_port, server_healthy
+from flows import prefect_env
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,7 @@ def test_cron_deployment_builds_a_version_whose_finalization_starts_training(tmp
     server = LocalServer(port=free_port(), home=tmp_path / "prefect-home", log=tmp_path / "server.log")
     server.start()
     serve_log = tmp_path / "serve.log"
-    env = {**os.environ, **SERVER_ENV, "PREFECT_API_URL": server.api_url, "DATAFLUX_HOME": str(home),
+    env = {**os.environ, **prefect_env.SERVER, "PREFECT_API_URL": server.api_url, "DATAFLUX_HOME": str(home),
            "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "INFO"}
     with open(serve_log, "wb") as log:
         serving = subprocess.Popen(

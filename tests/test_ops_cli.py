@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -102,3 +103,28 @@ def test_artifact_keys_are_what_prefect_accepts():
 
 def test_server_health_check_is_false_on_a_closed_port():
     assert server_healthy(f"http://127.0.0.1:{free_port()}/api", timeout_s=0.5) is False
+
+
+def test_makefile_exports_the_same_prefect_and_ray_defaults_as_flows_prefect_env():
+    from flows import prefect_env
+
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    exported = dict(re.findall(r"^export (\w+) \?= (\S+)$", makefile, flags=re.M))
+    ours = {**prefect_env.OFFLINE, **prefect_env.RAY}
+    wrong = {k: (v, ours.get(k)) for k, v in exported.items()
+             if (k.startswith(("PREFECT_", "RAY_")) or k == "DO_NOT_TRACK") and ours.get(k) != v}
+    assert not wrong, f"Makefile exports (value, flows/prefect_env.py value) that disagree: {wrong}"
+    missing = [k for k in prefect_env.OFFLINE if k not in exported]
+    assert not missing, f"Makefile lacks `export {missing[0]} ?= ...` that flows/prefect_env.py sets"
+
+
+def test_server_env_keeps_the_callers_values_over_the_defaults(monkeypatch):
+    from flows import prefect_env
+    from flows.deploy import server_env
+
+    monkeypatch.setenv("DO_NOT_TRACK", "0")
+    monkeypatch.delenv("PREFECT_UI_ENABLED", raising=False)
+    env = server_env()
+    assert env["DO_NOT_TRACK"] == "0"
+    assert env["PREFECT_UI_ENABLED"] == prefect_env.SERVER["PREFECT_UI_ENABLED"]
+    assert "PREFECT_API_URL" not in env
