@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from dataflux.steps.base import Category
+from dataflux.text_metrics import wer, words
 
 MIN_VALUES = 4
 LEAF_KEYS = frozenset({
@@ -148,15 +149,18 @@ def distinct_neighbours(values: Sequence[str], value: str, k: int = 3, min_word_
     """Like `nearest_values`, skipping phrases that differ from `value` (or from a phrase already
     chosen) in fewer than a third of their words ("You are now muted" for "You are now unmuted"): no listener or recognizer can
     be held to such a pair, so it makes an ambiguous question rather than a hard one."""
-    from dataflux.audio.speech import word_error_rate
-
     chosen: list[str] = []
     for v in nearest_values(values, value, len(values)):
-        if all(word_error_rate(other, v) >= min_word_distance for other in [value, *chosen]):
+        if all(_word_distance(other, v) >= min_word_distance for other in [value, *chosen]):
             chosen.append(v)
             if len(chosen) == k:
                 break
     return chosen
+
+
+def _word_distance(a: str, b: str) -> float:
+    """WER of `b` against `a`; a phrase without words is 0 from another such phrase, else 1."""
+    return wer(a, b) if words(a) else float(bool(words(b)))
 
 
 def nearest_values(values: Sequence[str], value: str, k: int = 3) -> list[str]:

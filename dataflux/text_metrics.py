@@ -1,31 +1,102 @@
-"""Text against a reference: word error rate after a standard normaliser, and caption word overlap.
+"""Text against a reference: one normaliser, one word error rate, and caption word overlap.
 
-* WER: `jiwer` (edit distance over words) after the Whisper English text normaliser that
-  `transformers` ships (case, punctuation, numbers and spellings brought to one form), so "Nine
-  o'clock." and "nine o'clock" are the same words. The data side uses it to check a recognizer's
-  transcript against a source's; the evaluation side to score the model's transcripts.
+* Normaliser (`words`, `normalise_text`): Unicode-aware and the same for every language. NFKC
+  folds compatibility forms (full-width letters, ligatures), `str.casefold` folds case ("Straße"
+  and "STRASSE" are one word), every punctuation, symbol and control character (Unicode category
+  P*, S*, C*) becomes a space, except an apostrophe inside a word ("don't" stays one word; the
+  typographic ’ counts as ') and a point or comma between two digits ("3.5" stays one number).
+  Digits are kept as written; accents and other combining marks are kept (they tell words apart
+  in Italian, Hindi or Thai). No word tables for any language: "nine" and "9" are different words.
+  Scripts written without spaces need the `language` argument: for Chinese, Japanese, Thai, Lao,
+  Khmer, Myanmar and Tibetan (`UNSPACED_LANGUAGES`) every character of those scripts is a word of
+  its own (a character with its combining marks); runs of other scripts in the same text stay words.
+* WER (`wer`, `corpus_wer`): word edits by `jiwer` (substitutions + deletions + insertions) over
+  the normalised words, divided by the reference's words. The data side uses it to check a
+  recognizer's transcript against a source's and to keep transcript distractors apart; the
+  evaluation side to score the model's transcripts.
 * Caption overlap: ROUGE-L F1 (`rouge-score`, longest common word subsequence) and corpus BLEU-4
   (`sacrebleu`), both on the same normalised text.
 """
 
 from __future__ import annotations
 
-import functools
+import unicodedata
 from collections.abc import Iterable, Sequence
 
+import jiwer
 
-@functools.lru_cache(maxsize=1)
-def _normaliser():
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+# ISO 639-1/-3 codes of languages written without spaces between words
+UNSPACED_LANGUAGES = frozenset({"zh", "yue", "cmn", "wuu", "ja", "th", "lo", "km", "my", "bo"})
+# Unicode character-name prefixes of those scripts (a character of them is a word of its own)
+_UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "BOPOMOFO", "IDEOGRAPHIC",
+                     "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
+APOSTROPHES = frozenset("'\u2019\u02bc")  # ' ’ ʼ
 
-    # The British -> American spelling table ships with Whisper's tokenizer files, not with the
-    # library; without it the normaliser still folds case, punctuation, numbers and contractions.
-    return EnglishTextNormalizer({})
+
+def _is_word_char(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "LNM"
 
 
-def normalise_text(text: str | None) -> str:
-    """The Whisper English normalisation of `text` ("" for None)."""
-    return _normaliser()(text or "").strip()
+def _kept_inside_word(text: str, i: int) -> bool:
+    """An apostrophe between two word characters, or a point or comma between two digits."""
+    if i == 0 or i + 1 >= len(text):
+        return False
+    before, ch, after = text[i - 1], text[i], text[i + 1]
+    if ch in APOSTROPHES:
+        return _is_word_char(before) and _is_word_char(after)
+    return ch in ".," and before.isdigit() and after.isdigit()
+
+
+def _unspaced(ch: str) -> bool:
+    return unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS)
+
+
+def _split_unspaced(word: str) -> list[str]:
+    """A word of mixed scripts -> each unspaced-script character (with its marks) alone, other runs whole."""
+    out: list[str] = []
+    run = ""
+    for ch in word:
+        if unicodedata.category(ch)[0] == "M" and (run or out):
+            if run:
+                run += ch
+            else:
+                out[-1] += ch
+        elif _unspaced(ch):
+            if run:
+                out.append(run)
+                run = ""
+            out.append(ch)
+        else:
+            run += ch
+    return out + [run] if run else out
+
+
+def _language_code(language: str | None) -> str | None:
+    """"zh-Hans", "ja_JP", "TH" -> "zh", "ja", "th"."""
+    return language.replace("_", "-").split("-")[0].lower() if language else None
+
+
+def words(text: str | None, language: str | None = None) -> list[str]:
+    """The normalised words of `text` (see the module docstring); [] for None or no words.
+
+    `language` (an ISO code such as "en", "zh", "th-TH") only matters for `UNSPACED_LANGUAGES`.
+    """
+    text = unicodedata.normalize("NFKC", text or "").casefold()
+    chars = []
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch)[0] in "PSCZ" and not _kept_inside_word(text, i):
+            chars.append(" ")
+        else:
+            chars.append("'" if ch in APOSTROPHES else ch)
+    found = "".join(chars).split()
+    if _language_code(language) in UNSPACED_LANGUAGES:
+        found = [piece for w in found for piece in _split_unspaced(w)]
+    return found
+
+
+def normalise_text(text: str | None, language: str | None = None) -> str:
+    """The normalised words of `text` joined by single spaces ("" for None or no words)."""
+    return " ".join(words(text, language))
 
 
 def word_edits(ref: Sequence[str], hyp: Sequence[str]) -> int:
@@ -33,43 +104,49 @@ def word_edits(ref: Sequence[str], hyp: Sequence[str]) -> int:
     `jiwer`; an empty side costs the other side's length (jiwer refuses empty strings)."""
     if not ref or not hyp:
         return len(ref) + len(hyp)
-    import jiwer
-
     out = jiwer.process_words(" ".join(ref), " ".join(hyp))
     return out.substitutions + out.deletions + out.insertions
 
 
-def corpus_wer(pairs: Iterable[tuple[str, str]]) -> float:
+def corpus_wer(pairs: Iterable[tuple[str, str]], language: str | None = None) -> float:
     """Word error rate over (reference, hypothesis) pairs: total word edits / total reference words,
-    after `normalise_text`. A reference that normalises to no words is an error (WER is undefined)."""
-    refs, hyps = [], []
+    after `words`. A reference with no words is an error (WER is undefined for it)."""
+    edits = total = 0
     for i, (ref, hyp) in enumerate(pairs):
-        r = normalise_text(ref)
+        r = words(ref, language)
         if not r:
             raise ValueError(f"pair {i}: the reference {ref!r} has no words after normalisation; WER is undefined")
-        refs.append(r)
-        hyps.append(normalise_text(hyp))
-    if not refs:
+        edits += word_edits(r, words(hyp, language))
+        total += len(r)
+    if not total:
         raise ValueError("corpus_wer: no (reference, hypothesis) pairs")
-    words = sum(len(r.split()) for r in refs)
-    return sum(word_edits(r.split(), h.split()) for r, h in zip(refs, hyps)) / words
+    return edits / total
 
 
-def wer(ref: str, hyp: str) -> float:
-    """WER of one hypothesis (see `corpus_wer`)."""
-    return corpus_wer([(ref, hyp)])
+def wer(ref: str, hyp: str, language: str | None = None) -> float:
+    """WER of one hypothesis (see `corpus_wer`); not capped at 1 (insertions count)."""
+    return corpus_wer([(ref, hyp)], language)
 
 
-def caption_overlap(pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
+class _Words:
+    """rouge-score's tokenizer interface over already normalised text: split at spaces (its own
+    tokenizer keeps only [a-z0-9] and would drop every word in another script)."""
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return text.split()
+
+
+def caption_overlap(pairs: Sequence[tuple[str, str]], language: str | None = None) -> dict[str, float]:
     """{"rouge_l": mean ROUGE-L F1, "bleu": corpus BLEU-4 (0-100)} of (reference, hypothesis) captions."""
-    import sacrebleu
+    import sacrebleu  # lazy: only evaluation scores captions, and both load slowly
     from rouge_score import rouge_scorer
 
     if not pairs:
         raise ValueError("caption_overlap: no (reference, hypothesis) pairs")
-    refs = [normalise_text(r) for r, _ in pairs]
-    hyps = [normalise_text(h) for _, h in pairs]
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    refs = [normalise_text(r, language) for r, _ in pairs]
+    hyps = [normalise_text(h, language) for _, h in pairs]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_Words())
     rouge = [scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(refs, hyps)]
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none", force=True).score
     return {"rouge_l": float(sum(rouge) / len(rouge)), "bleu": float(bleu)}

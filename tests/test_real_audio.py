@@ -17,11 +17,12 @@ import yaml
 import real_audio as ra
 from dataflux.audio.decode import decode_audio
 from dataflux.audio.facts import measure_facts
-from dataflux.audio.speech import normalise_words, word_count_word, word_error_rate
+from dataflux.audio.speech import normalise_words, word_count_word
 from dataflux.audio.speech_facts import OTHER_WORDS
 from dataflux.config import load_config
 from dataflux.records import SourceItem
 from dataflux.sources.planting import plant_errors
+from dataflux.text_metrics import wer
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = {"file": "file", "id": "id", "transcript": "transcript", "gender": "gender", "language": "language",
@@ -58,11 +59,12 @@ def vocabulary_of(records: list[dict]) -> list[str]:
 
 # ---- without audio ------------------------------------------------------------------------------
 
-def test_word_error_rate_normalises_case_punctuation_and_digits():
+def test_spoken_words_spell_digits_and_word_error_rate_keeps_them():
     assert normalise_words("Press 6, then #.") == ["press", "six", "then"]
-    assert word_error_rate("Press 6 to repeat.", "press six to repeat") == 0.0
-    assert word_error_rate("you are now muted", "you are now unmuted") == pytest.approx(0.25)
-    assert word_error_rate("goodbye", "") == 1.0
+    assert normalise_words("Press 6 to repeat.") == normalise_words("press six to repeat")
+    assert wer("Press 6 to repeat.", "press 6 to repeat") == 0.0
+    assert wer("you are now muted", "you are now unmuted") == pytest.approx(0.25)
+    assert wer("goodbye", "") == 1.0
 
 
 def test_planting_swaps_transcripts_within_a_language_and_flips_gender_deterministically():

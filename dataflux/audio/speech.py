@@ -9,8 +9,10 @@
   (unverified).
 - `voiced_f0(y, sr)`: median fundamental of the voiced, loud frames (`yin_f0`: librosa's YIN), the
   number `speaker_gender` is decided from.
-- `normalise_words(text)`: the standard normaliser both sides of a word comparison go through
-  (lower case, digits spelled out, punctuation dropped); `word_error_rate(ref, hyp)` on top.
+- `normalise_words(text)`: the words as the recognizer says them: the one normaliser's words
+  (`dataflux.text_metrics.words`) with digits spelled out in English ("Press 6." -> press six), the
+  form its dictionary, the word counts and the syllable counts work on. Word error rates are
+  `dataflux.text_metrics.wer`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import yaml
+
+from dataflux.text_metrics import words
 
 # en: the model's own dictionary; it: Italian spelling rules onto the same phones (italian_phones)
 RECOGNIZER_LANGUAGES = frozenset({"en", "it"})
@@ -51,19 +55,16 @@ def spell_number(n: int) -> str:
 
 
 def normalise_words(text: str) -> list[str]:
-    """Lower-cased words with digits spelled out and punctuation dropped ("Press 6." -> press six)."""
-    text = re.sub(r"\d+", lambda m: f" {spell_number(int(m.group()))} ", text.lower())
-    return re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", text)
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """(substitutions + deletions + insertions) / reference words, both sides normalised."""
-    from dataflux.text_metrics import word_edits
-
-    ref, hyp = normalise_words(reference), normalise_words(hypothesis)
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    return word_edits(ref, hyp) / len(ref)
+    """The normalised words with digits spelled out, each number as `spell_number` reads it
+    ("Press 6." -> press six; "3.5" -> three five)."""
+    out: list[str] = []
+    for word in words(text):
+        if not any(ch.isdigit() for ch in word):
+            out.append(word)
+            continue
+        spoken = re.sub(r"\d+", lambda m: f" {spell_number(int(m.group()))} ", word)
+        out += [w for w in re.split(r"[^\w']+", spoken) if w]
+    return out
 
 
 WORD_COUNT_BINS = ((1, "one word"), (3, "two or three words"), (6, "four to six words"),
