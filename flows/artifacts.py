@@ -9,6 +9,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from prefect.artifacts import create_markdown_artifact
+
+from dataflux.report import summary_markdown
+
 
 def artifact_key(version_id: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
@@ -18,9 +22,5 @@ def artifact_key(version_id: str) -> str:
 def publish_version_artifact(catalog, version_id: str) -> Any:
     """Publish version `version_id`'s summary as a Markdown artifact of the current flow run.
     Returns the artifact id."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from dataflux.report import summary_markdown
-
     return create_markdown_artifact(markdown=summary_markdown(catalog, version_id), key=artifact_key(version_id),
                                     description=f"DataFlux version {version_id}")

@@ -22,10 +22,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, serve
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
+import modeling
 from dataflux.config import Config, config_from_dict, load_config
 from flows import prefect_env
+from flows.synthesize import run_synthesis
 
 FINALIZED_EVENT = "dataflux.version.finalized"
 CATALOG_LABEL = "dataflux.catalog"  # resource label naming the catalog a finalized version lives in
@@ -45,8 +50,6 @@ def scheduled_synthesis(config_path: str | None = None, config_data: dict | None
                         sources: list[str] | None = None, name: str | None = None) -> dict[str, Any]:
     """One scheduled build: read the config (the file as it is *now*, so a source added since the
     deployment was created is picked up), then run the `synthesize` flow with its task runner."""
-    from flows.synthesize import run_synthesis
-
     if config_path:
         config = load_config(config_path)
     elif config_data is not None:
@@ -81,9 +84,6 @@ def schedule_deployments(config: Config, *, cron: str | None = None) -> list:
     `cron` overrides every entry's cron expression (e.g. "* * * * *" to see a run within a minute).
     Returns an empty list when the config has no schedules.
     """
-    from prefect.schedules import Cron
-    from prefect.types.entrypoint import EntrypointType
-
     out = []
     for i, entry in enumerate(config.data.get("schedules") or []):
         name = deployment_name(entry, i)
@@ -102,8 +102,6 @@ def training_preset_path(preset: str) -> str:
     if preset.endswith((".yaml", ".yml")) or os.sep in preset:
         path = Path(preset).expanduser().resolve()
     else:
-        import modeling
-
         package_dir = Path(next(iter(modeling.__path__)))  # also right when installed as a namespace package
         path = package_dir.resolve() / "configs" / f"{preset}.yaml"
     if not path.exists():
@@ -115,8 +113,6 @@ def training_preset_path(preset: str) -> str:
 def finalized_trigger(config: Config, preset: str | None = None, overrides: list[str] | None = None):
     """A deployment trigger: each `dataflux.version.finalized` event of this config's catalog starts
     one training run on that version (`version` = the event's resource id) with `preset`."""
-    from prefect.events import DeploymentEventTrigger
-
     preset = preset or config.data["training"].get("preset", "tiny")
     return DeploymentEventTrigger(
         name=f"dataflux-train-{Path(preset).stem}-on-finalize",
@@ -131,9 +127,7 @@ def finalized_trigger(config: Config, preset: str | None = None, overrides: list
 def training_deployment(config: Config, *, preset: str | None = None, overrides: list[str] | None = None):
     """The training flow as a deployment that the finalized-version trigger runs.
     `overrides`: `section.key=value` settings for the preset, e.g. ["train.max_steps=200"]."""
-    from prefect.types.entrypoint import EntrypointType
-
-    try:
+    try:  # here, not at the top: a missing modeling dependency refuses training, not every deployment
         from flows.train import train_flow
     except ImportError as exc:
         raise ServeError(f"the training flow (flows/train.py: train_flow) cannot be imported: {exc}") from exc
@@ -157,15 +151,10 @@ def require_api_url() -> str:
 def serve_deployments(deployments: list, *, query_seconds: float = 1.0, limit: int | None = None) -> None:
     """Register `deployments` with the Prefect API and run their flow runs from this process until
     interrupted (Ctrl-C pauses the schedules)."""
-    from prefect import serve
-
     if not deployments:
         raise ServeError("nothing to serve: data_catalog.yaml has no `schedules:` and training was not asked for")
     require_api_url()
     serve(*deployments, query_seconds=query_seconds, limit=limit)
-
-
-# --- artifacts ---------------------------------------------------------------------------------
 
 
 # --- a local server ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 @task(name="check-version")
 def check_version_task(version: str, catalog_path: str | None) -> int:
     """Refuse drafts and tampered shards (the catalog's errors); returns the number of shards."""
-    from modeling.data import version_shard_paths
+    from modeling.data import version_shard_paths  # lazy, as below: modeling imports torch (seconds)
 
     return len(version_shard_paths(version, catalog_path))
 
@@ -23,7 +23,7 @@ def check_version_task(version: str, catalog_path: str | None) -> int:
 @task(name="train-model")
 def train_task(version: str, config: str, catalog_path: str | None, output_dir: str | None,
                overrides: list[str]) -> dict[str, Any]:
-    from modeling.train import train
+    from modeling.train import train  # lazy: torch, only when the flow runs (deployments import this module)
 
     logger = get_run_logger()
     return train(version, config, catalog_path=catalog_path, output_dir=output_dir, overrides=overrides,
