@@ -41,11 +41,12 @@ def test_ray_run_gives_the_same_content_hash_as_the_local_run(local_run, tmp_pat
     pytest.importorskip("prefect_ray")
     from prefect_ray import RayTaskRunner
 
+    from flows import prefect_env
     from flows.synthesize import task_runner_for
 
     monkeypatch.setenv("DATAFLUX_HOME", str(tmp_path / "ray-home"))
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    for key, value in prefect_env.RAY.items():
+        monkeypatch.setenv(key, value)
     config = _config(run={"task_runner": "ray"})
     runner = task_runner_for(config)
     assert isinstance(runner, RayTaskRunner)
