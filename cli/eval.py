@@ -81,22 +81,6 @@ def load_version_rows(catalog, version: str, split: str, limit: int | None = Non
     return rows
 
 
-def load_checkpoint(path: str | Path, device: str | None = None):
-    """(model, processor) from a directory the trainer saved with save_pretrained."""
-    import torch  # lazy, as below: torch takes seconds to import, which every other command would pay
-
-    from modeling.model import EurekaAudioForCausalLM
-    from modeling.processor import EurekaAudioProcessor
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"--checkpoint {path}: no config.json there; pass a directory saved by "
-                                "`dataflux train` (model.save_pretrained + processor.save_pretrained)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = EurekaAudioForCausalLM.from_pretrained(path).to(device).eval()
-    return model, EurekaAudioProcessor.from_pretrained(path)
-
-
 def cmd_eval(args) -> int:
     try:
         if args.mmau:
@@ -109,6 +93,8 @@ def cmd_eval(args) -> int:
             items = load_version_rows(open_catalog(args, read_only=True), args.version, args.split, args.limit)
             loader = None
             source = {"version": args.version, "split": args.split}
+        from modeling.answer import load_checkpoint  # lazy: torch takes seconds to import, which every other command would pay
+
         model, processor = load_checkpoint(args.checkpoint, args.device)
     except (CatalogError, ShardError) as exc:
         print(f"dataflux eval: error: {exc}", file=sys.stderr)

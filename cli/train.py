@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from dataflux.config import load_config
 from dataflux.home import dataflux_home
@@ -44,27 +43,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import numpy as np
-    import torch  # lazy, with the modeling imports below (they import torch): seconds that other commands skip
+    # lazy: modeling.answer imports torch, seconds that other commands skip
+    from modeling.answer import AudioLM
+    from modeling.eval import read_clip
 
-    from modeling.data import decode_row_audio
-    from modeling.model import EurekaAudioForCausalLM
-    from modeling.processor import AUDIO_PLACEHOLDER, EurekaAudioProcessor
-
-    checkpoint = Path(args.checkpoint)
-    if not (checkpoint / "config.json").exists():
-        raise FileNotFoundError(f"{checkpoint}: not a model checkpoint (no config.json); pass a run's final/ directory")
-    audio_path = Path(args.audio)
-    if not audio_path.exists():
-        raise FileNotFoundError(f"--audio {audio_path}: no such file")
-    clip = decode_row_audio({"audio": {"bytes": audio_path.read_bytes()}, "_where": str(audio_path)})
-    prompt = args.prompt if AUDIO_PLACEHOLDER in args.prompt else f"{AUDIO_PLACEHOLDER}{args.prompt}"
-    model = EurekaAudioForCausalLM.from_pretrained(checkpoint).eval()
-    processor = EurekaAudioProcessor.from_pretrained(checkpoint)
-    batch = processor([[{"role": "user", "content": prompt}]], [np.asarray(clip, dtype=np.float32)])
-    with torch.no_grad():
-        new = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False)
-    print(processor.decode(new[0]))
+    clip = read_clip(args.audio, f"--audio {args.audio}")
+    lm = AudioLM.from_checkpoint(args.checkpoint, device="cpu", max_new_tokens=args.max_new_tokens)
+    print(lm.answer(clip, args.prompt))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: MMAU-style multiple-choice scoring, exact-answer scoring, WER, and the generation loop.
+"""Evaluation: MMAU-style multiple-choice scoring, exact-answer scoring, and the answering loop.
 
 Scoring rules
 -------------
@@ -24,7 +24,6 @@ Legend: B batch of items; audio arrays are (T,) float32 at 16 kHz.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import string
@@ -35,7 +34,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dataflux.text_metrics import word_edits
+from dataflux.audio.decode import decode_audio
+from dataflux.text_metrics import corpus_wer, wer
 
 LETTERS = "ABCDEFGHIJ"
 SAMPLING_RATE = 16_000
@@ -252,64 +252,21 @@ def write_mmau_json(items: Iterable[Mapping[str, Any]], path: str | Path) -> Pat
     return path
 
 
-# --- WER -----------------------------------------------------------------------------------------
-# (edit distance by jiwer, through dataflux.text_metrics.word_edits)
-
-
-def wer_words(text: str) -> list[str]:
-    """Lower-case, drop punctuation (apostrophes inside words are kept), split on whitespace."""
-    text = text.lower().replace("\u2019", "'")
-    text = re.sub(r"[^\w\s']", " ", text)
-    text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)
-    return text.split()
-
-
-def wer(ref: str, hyp: str) -> float:
-    """Word error rate of one hypothesis: edits / reference words, after `wer_words` normalisation."""
-    ref_words = wer_words(ref)
-    if not ref_words:
-        raise ValueError(f"wer: the reference {ref!r} has no words; WER is undefined for it")
-    return word_edits(ref_words, wer_words(hyp)) / len(ref_words)
-
-
-def corpus_wer(pairs: Iterable[tuple[str, str]]) -> float:
-    """WER over many (reference, hypothesis) pairs: total edits / total reference words."""
-    edits = words = 0
-    for ref, hyp in pairs:
-        ref_words = wer_words(ref)
-        edits += word_edits(ref_words, wer_words(hyp))
-        words += len(ref_words)
-    if not words:
-        raise ValueError("corpus_wer: the references hold no words")
-    return edits / words
-
-
 # --- audio ---------------------------------------------------------------------------------------
 
 
-def decode_audio(data: bytes | str | Path, where: str = "audio") -> np.ndarray:
-    """WAV/FLAC/OGG bytes or a file path -> (T,) float32 mono at 16 kHz (resampled if needed)."""
-    import soundfile as sf
-
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else str(data)
-    try:
-        samples, rate = sf.read(source, dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile cannot read it: try librosa's decoders (mp3 and friends)
-        if isinstance(source, io.BytesIO):
-            raise ValueError(f"{where}: could not decode the audio bytes ({exc})") from exc
-        import librosa
-
-        try:
-            mono, _ = librosa.load(source, sr=SAMPLING_RATE, mono=True)
-        except Exception as exc2:
-            raise ValueError(f"{where}: could not decode {source} ({exc2})") from exc2
-        return mono.astype(np.float32)
-    mono = samples.mean(axis=1)
-    if rate != SAMPLING_RATE:
-        import librosa
-
-        mono = librosa.resample(mono, orig_sr=rate, target_sr=SAMPLING_RATE)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+def read_clip(source: bytes | str | Path, where: str | None = None) -> np.ndarray:
+    """An audio file (path or its bytes) -> (T,) float32 mono at 16 kHz, by the project's one decoder
+    (`dataflux.audio.decode`, which names `where` in its errors)."""
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), where or "audio bytes"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{where or path}: no such file")
+        data, name = path.read_bytes(), where or str(path)
+    samples, _ = decode_audio(data, name=name, target_sr=SAMPLING_RATE)
+    return samples
 
 
 def row_audio(row: Mapping[str, Any]) -> np.ndarray:
@@ -317,9 +274,9 @@ def row_audio(row: Mapping[str, Any]) -> np.ndarray:
     audio = row.get("audio") or {}
     where = f"row {row.get('sample_id') or row.get('id')!r} field 'audio'"
     if audio.get("bytes"):
-        return decode_audio(audio["bytes"], where)
+        return read_clip(audio["bytes"], where)
     if audio.get("path"):
-        return decode_audio(audio["path"], where)
+        return read_clip(audio["path"], where)
     raise ValueError(f"{where}: neither bytes nor path")
 
 
@@ -335,7 +292,7 @@ def mmau_audio_loader(audio_dir: str | Path) -> Callable[[Mapping[str, Any]], np
         candidates = [root / rel, root / rel.name]
         for path in candidates:
             if path.is_file():
-                return decode_audio(path, f"MMAU item {item.get('id')!r}")
+                return read_clip(path, f"MMAU item {item.get('id')!r}")
         raise FileNotFoundError(
             f"MMAU item {item.get('id')!r}: audio {item['audio_id']!r} not found (tried "
             + ", ".join(str(p) for p in candidates) + ")")
@@ -352,29 +309,14 @@ class Predictor(Protocol):
     def predict(self, batch: Sequence[tuple[np.ndarray, str]]) -> list[str]: ...
 
 
-class ModelPredictor:
-    """Greedy generation with `EurekaAudioForCausalLM` and its `EurekaAudioProcessor`."""
+def as_predictor(model, processor, max_new_tokens: int) -> Predictor:
+    """`model` itself when it is a Predictor (processor None), else model and processor as an `AudioLM`."""
+    if processor is None:
+        return model
+    # lazy: torch and transformers take seconds to import, and every `dataflux` command imports this module
+    from modeling.answer import AudioLM
 
-    def __init__(self, model, processor, max_new_tokens: int = 32):
-        self.model = model
-        self.processor = processor
-        self.max_new_tokens = max_new_tokens
-
-    def predict(self, batch: Sequence[tuple[np.ndarray, str]]) -> list[str]:
-        import torch
-
-        conversations = [[{"role": "user", "content": prompt}] for _, prompt in batch]
-        inputs = self.processor(conversations, [audio for audio, _ in batch], add_generation_prompt=True)
-        device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                new_tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        finally:
-            self.model.train(was_training)
-        return [self.processor.decode(row) for row in new_tokens]
+    return AudioLM(model, processor, max_new_tokens)
 
 
 TRANSCRIBE_PROMPT = "<audio>\nTranscribe the speech."
@@ -407,7 +349,7 @@ def evaluate(
     MMAU's test JSON), "predictions": every item in MMAU shape with `model_prediction` (ready for
     `write_mmau_json`), "zero_audio", and "wer"/"wer_items" when asked.
     """
-    predictor: Predictor = model if processor is None else ModelPredictor(model, processor, max_new_tokens)
+    predictor = as_predictor(model, processor, max_new_tokens)
     if not hasattr(predictor, "predict"):
         raise TypeError("evaluate: pass a model with its processor, or a Predictor (an object with .predict)")
     is_rows = bool(rows_or_mmau_items) and "audio_id" not in rows_or_mmau_items[0]

@@ -1,7 +1,7 @@
 """Evaluation per task: every row is answered with its own prompt and scored the way its task is.
 
     mcq      MMAU-scored and exact (letter and text) accuracy (`modeling.eval.evaluate`)
-    asr      WER over the split's transcripts, after the Whisper English normaliser (jiwer)
+    asr      WER over the split's transcripts (`dataflux.text_metrics`: one normaliser, jiwer's edits)
     caption  ROUGE-L F1 and corpus BLEU-4 against the verified caption
     open_qa  exact accuracy (the answer, case/spacing/punctuation aside) and token accuracy (every
              word of the answer in the output, as MMAU's matching asks, with no options to exclude)
@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from modeling.eval import ModelPredictor, evaluate, mmau_tokens, row_audio
+from dataflux.text_metrics import caption_overlap, corpus_wer, wer
+from modeling.eval import as_predictor, evaluate, mmau_tokens, row_audio
 
 TASK_ORDER = ("mcq", "asr", "caption", "open_qa")
 
@@ -66,8 +67,6 @@ def generate_answers(predictor, rows: Sequence[Mapping[str, Any]], batch_size: i
 
 
 def asr_block(rows, texts) -> dict[str, Any]:
-    from dataflux.text_metrics import corpus_wer, wer
-
     pairs = [(r["answer"], t) for r, t in zip(rows, texts)]
     return {"n": len(rows), "wer": corpus_wer(pairs),
             "items": [{"id": r["sample_id"], "reference": ref, "hypothesis": hyp, "wer": wer(ref, hyp)}
@@ -75,8 +74,6 @@ def asr_block(rows, texts) -> dict[str, Any]:
 
 
 def caption_block(rows, texts) -> dict[str, Any]:
-    from dataflux.text_metrics import caption_overlap
-
     pairs = [(r["answer"], t) for r, t in zip(rows, texts)]
     return {"n": len(rows), **caption_overlap(pairs),
             "items": [{"id": r["sample_id"], "reference": ref, "hypothesis": hyp} for r, (ref, hyp) in zip(rows, pairs)]}
@@ -127,7 +124,7 @@ def evaluate_tasks(model, processor, rows: Sequence[Mapping[str, Any]], batch_si
                                     batch_size=batch_size, max_new_tokens=max_new_tokens)
             continue
         budget = max_new_tokens if task == "open_qa" else max_new_tokens_text
-        predictor = model if processor is None else ModelPredictor(model, processor, budget)
+        predictor = as_predictor(model, processor, budget)
         texts = generate_answers(predictor, task_rows, batch_size, audio_loader, zero_audio)
         blocks[task] = _BLOCKS[task](task_rows, texts)
     return blocks

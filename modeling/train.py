@@ -531,11 +531,11 @@ def answer_accuracy(model, loader) -> dict[str, Any]:
 
 
 def validation_wer(model, processor, rows, spec: TrainSpec) -> dict[str, Any]:
-    """WER of greedy transcripts of validation asr rows (Whisper-normalised), with two examples."""
+    """WER of greedy transcripts of validation asr rows (`dataflux.text_metrics.wer`), with two examples."""
     from modeling.task_eval import asr_block, generate_answers
-    from modeling.eval import ModelPredictor
+    from modeling.eval import as_predictor
 
-    texts = generate_answers(ModelPredictor(model, processor, spec.max_new_tokens_text), rows, spec.eval_batch_size)
+    texts = generate_answers(as_predictor(model, processor, spec.max_new_tokens_text), rows, spec.eval_batch_size)
     block = asr_block(rows, texts)
     return {"wer": round(block["wer"], 4), "wer_n": block["n"],
             "wer_examples": [{"reference": it["reference"], "hypothesis": it["hypothesis"]} for it in block["items"][:2]]}

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from dataflux.text_metrics import corpus_wer, wer
 from modeling.eval import (
     UNRATED_DIFFICULTY,
-    corpus_wer,
     evaluate,
     exact_is_correct,
     format_prompt,
@@ -23,7 +23,6 @@ from modeling.eval import (
     parse_lettered,
     rows_to_items,
     score,
-    wer,
     write_mmau_json,
 )
 
@@ -133,6 +132,28 @@ def test_wer_known_values():
     assert corpus_wer([("a b c d", "a b c d"), ("e f", "e")]) == pytest.approx(1 / 6)
     with pytest.raises(ValueError, match="no words"):
         wer(" ... ", "x")
+
+
+def test_the_normaliser_folds_unicode_case_and_punctuation_and_keeps_digits_and_accents():
+    from dataflux.text_metrics import words
+
+    assert words("STRASSE, Straße!") == ["strasse", "strasse"]  # casefold, not lower()
+    assert words("Don\u2019t \u00abstop\u00bb \u2014 now\u2026") == ["don't", "stop", "now"]
+    assert words("ｆｕｌｌ width, 3.5 s, 1,000 Hz") == ["full", "width", "3.5", "s", "1,000", "hz"]
+    assert words("perché è così") == ["perché", "è", "così"]  # accents tell words apart
+    assert wer("nine o'clock", "9 o'clock") == pytest.approx(1 / 2)  # no number words for any language
+    assert words("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]  # combining marks stay in their word
+
+
+def test_scripts_without_spaces_are_scored_by_character_given_the_language():
+    from dataflux.text_metrics import words
+
+    assert words("我有3个iPhone。") == ["我有3个iphone"]  # one "word" without the language
+    assert words("我有3个iPhone。", "zh-Hans") == ["我", "有", "3", "个", "iphone"]
+    assert wer("我有三个苹果", "我有两个苹果", "zh") == pytest.approx(1 / 6)
+    assert wer("我有三个苹果", "我有两个苹果") == 1.0
+    thai = words("สวัสดีครับ", "th")
+    assert "".join(thai) == "สวัสดีครับ" and len(thai) == 7  # vowel marks stay on their consonant
 
 
 # --- MMAU JSON -------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ what the trainer saves: `EurekaAudioForCausalLM.save_pretrained` plus the proces
 (`modeling.processor.EurekaAudioProcessor.save_pretrained`).
 
 The model is asked exactly as it was trained (`modeling.eval.format_prompt`: the `<audio>`
-placeholder, the question, lettered options) and answers like "(B) 440 Hz"; that output is
-the answer's reasoning. Inference runs in a worker thread, one question at a time per model,
-so the event loop keeps serving the other steps.
+placeholder, the question, lettered options) through the one answering function
+(`modeling.answer.AudioLM`) and answers like "(B) 440 Hz"; that output is the answer's
+reasoning. Inference runs in a worker thread, one question at a time per model, so the event
+loop keeps serving the other steps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from dataflux.records import Clip
 from dataflux.steps.base import Answer, Call, Caption, Category, Question
+from modeling.eval import format_prompt, parse_lettered
 
 LETTERS = "ABCD"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -45,8 +47,6 @@ def checkpoint_id(path: Path) -> str:
 
 def parse_choice(output: str, choices: list[str]) -> int | None:
     """The option a reply names: "(B) 440 Hz" / "B) ..." by letter, else an exact option text."""
-    from modeling.eval import parse_lettered
-
     letter, text = parse_lettered(output)
     if letter is not None and letter in LETTERS[: len(choices)]:
         return LETTERS.index(letter)
@@ -66,8 +66,7 @@ class LocalCheckpointAnswerer:
         self.checkpoint = Path(checkpoint).expanduser()
         self.max_new_tokens = int(max_new_tokens)
         self.device = device
-        self._model: Any = None
-        self._processor: Any = None
+        self._lm: Any = None  # a modeling.answer.AudioLM once loaded
         self._model_id: str | None = None
         self._lock = threading.Lock()  # one generate at a time per model; loading happens once
 
@@ -76,34 +75,24 @@ class LocalCheckpointAnswerer:
         return self._model_id or f"{self.checkpoint.name}@unloaded"
 
     def _load(self) -> None:
-        if self._model is not None:
+        if self._lm is not None:
             return
         if not self.checkpoint.is_dir():
             raise FileNotFoundError(f"answerer {self.name}: checkpoint {self.checkpoint} is not a directory; "
                                     "set steps.answerers[].checkpoint to a trained model's folder")
-        from modeling.model import EurekaAudioForCausalLM
-        from modeling.processor import EurekaAudioProcessor
+        # lazy: torch and the model code take seconds to import, which runs without this backend never pay
+        from modeling.answer import AudioLM
 
         self._model_id = checkpoint_id(self.checkpoint)
-        self._processor = EurekaAudioProcessor.from_pretrained(self.checkpoint)
-        self._model = EurekaAudioForCausalLM.from_pretrained(self.checkpoint).to(self.device).eval()
+        self._lm = AudioLM.from_checkpoint(self.checkpoint, self.device, self.max_new_tokens)
 
     def _answer_sync(self, samples, question: Question) -> tuple[str, int, int, float]:
         """(output text, prompt tokens, generated tokens, seconds) for one question."""
-        import torch
-        from modeling.eval import format_prompt
-
         with self._lock:
             self._load()
             t0 = time.perf_counter()
-            messages = [{"role": "user", "content": format_prompt(question.question, question.choices)}]
-            batch = self._processor([messages], [samples], add_generation_prompt=True)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with torch.no_grad():
-                new_tokens = self._model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False)
-            text = self._processor.decode(new_tokens[0])
-            n_new = int(new_tokens.shape[-1])
-            return text, int(batch["input_ids"].shape[-1]), n_new, time.perf_counter() - t0
+            reply = self._lm.reply_batch([(samples, format_prompt(question.question, question.choices))])[0]
+            return reply.text, reply.prompt_tokens, reply.new_tokens, time.perf_counter() - t0
 
     async def answer(self, clip: Clip, caption: Caption, question: Question, category: Category) -> Answer:
         if clip.sampling_rate != 16000:
