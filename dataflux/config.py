@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,37 @@ def config_from_dict(raw: Any, *, origin: str = "<config>", path: Path | None = 
     data = _merge(DEFAULTS, raw)
     sha = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return Config(data=data, path=path, sha256=sha)
+
+
+def write_snapshot(config: Config) -> tuple[str, str]:
+    """The config as one JSON file, `<home>/configs/<sha256>.json`, and that sha256.
+
+    A run hands its flow and partition tasks this path and hash, never the config itself: Prefect caps
+    a run's parameters (a config of 600 KB could not run), and every task reads exactly the config the
+    run started with (`read_snapshot` checks the hash). The file keeps where the config came from, so
+    relative paths in it still resolve against the config's folder."""
+    body = json.dumps({"origin": str(config.path) if config.path else "<config>",
+                       "path": str(config.path) if config.path else None, "data": config.data},
+                      sort_keys=True, default=str).encode()
+    sha = hashlib.sha256(body).hexdigest()
+    folder = config.home / "configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sha}.json"
+    if not path.exists():
+        tmp = folder / f".{sha}.{os.getpid()}.tmp"
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+    return str(path), sha
+
+
+def read_snapshot(path: str, sha256: str) -> Config:
+    """The Config `write_snapshot` saved at `path`, after checking its bytes still hash to `sha256`."""
+    body = Path(path).read_bytes()
+    if hashlib.sha256(body).hexdigest() != sha256:
+        raise ConfigError(f"{path}: the run's config snapshot changed after the run started "
+                          f"(expected sha256 {sha256[:12]}...); start the run again")
+    doc = json.loads(body)
+    return config_from_dict(doc["data"], origin=doc["origin"], path=Path(doc["path"]) if doc["path"] else None)
 
 
 def demo_config(size: int = 240, seed: int = 0, error_rate: float = 0.1, partitions: int = 8,

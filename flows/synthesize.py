@@ -4,26 +4,51 @@ Thin orchestration over `dataflux.pipeline.process_partition`. Partitions fan ou
 configured task runner with per-task retries; each finished partition is committed to the
 catalog in one transaction as soon as it completes, so a crash loses at most the partitions
 in flight and a rerun (same config, same version) redoes only those.
+
+The config reaches the flow and its tasks as a file path and its sha256 (`write_snapshot`), never
+as a parameter, so a config of any size runs. A partition that fails with the user's error (a
+missing folder, a bad file, a full disk: `is_user_error`) is not retried, and the flow raises that
+error, with its own type, once the other partitions are done. A SIGTERM, SIGHUP or SIGINT stops the
+ephemeral Prefect server this process started before the process ends (`stop_server_on_signals`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 
-from dataflux.config import Config, config_from_dict, demo_config, load_config
+from dataflux.config import (Config, check_name, config_from_dict, demo_config, load_config, read_snapshot,
+                             write_snapshot)
 from dataflux.pipeline import PartitionResult, partition_key, process_partition, use_object_store
 
+# Errors that are the user's to fix (a path, a file, a value, the disk): retrying cannot help, and the
+# command line reports them in one line. A dropped connection or a timeout is not among them.
+USER_ERRORS = (ValueError, LookupError, OSError)
+TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
 
-@task(name="process-partition", retries=2, retry_delay_seconds=1)
-def partition_task(config_data: dict, config_path: str | None, source: str, partition: int, n_partitions: int,
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, USER_ERRORS) and not isinstance(exc, TRANSIENT_ERRORS)
+
+
+def _retry_unless_user_error(task, task_run, state) -> bool:
+    """Prefect's retry_condition_fn: a failed attempt is retried unless its exception is the user's error."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    return exc is None or not is_user_error(exc)
+
+
+@task(name="process-partition", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_unless_user_error)
+def partition_task(config_file: str, config_sha256: str, source: str, partition: int, n_partitions: int,
                    version_id: str, run_id: str, run_sources: list[str] | None = None) -> PartitionResult:
-    config = config_from_dict(config_data, origin=config_path or "<flow parameters>")
+    config = read_snapshot(config_file, config_sha256)
     return process_partition(config, source, partition, n_partitions, version_id, run_id, run_sources=run_sources)
 
 
@@ -71,42 +96,89 @@ def run_synthesis(config: Config, *, sources: list[str] | None = None, version: 
     (at most `wait_timeout_s`)."""
     from dataflux.storage.writer_lock import writer_lock
 
+    if version is not None:
+        check_name(version, what="--version")
     runner = task_runner_for(config)
     flow_fn = synthesize_flow.with_options(task_runner=runner)
     run_id = new_run_id()
-    with writer_lock(config.catalog_path, run_id, wait=wait, timeout_s=wait_timeout_s,
-                     notify=lambda msg: print(msg, file=sys.stderr, flush=True)):
-        return flow_fn(config_data=_raw(config), config_path=str(config.path) if config.path else None,
-                       sources=sources, version=version, name=name, finalize=finalize, progress=progress,
-                       max_partitions=max_partitions, reuse=reuse, run_id=run_id)
+    config_file, config_sha256 = write_snapshot(config)
+    with stop_server_on_signals(), writer_lock(config.catalog_path, run_id, wait=wait, timeout_s=wait_timeout_s,
+                                               notify=lambda msg: print(msg, file=sys.stderr, flush=True)):
+        return flow_fn(config_file=config_file, config_sha256=config_sha256, sources=sources, version=version,
+                       name=name, finalize=finalize, progress=progress, max_partitions=max_partitions, reuse=reuse,
+                       run_id=run_id)
 
 
 def new_run_id() -> str:
     return f"run-{uuid.uuid4().hex[:12]}"
 
 
-def _raw(config: Config) -> dict:
-    return config.data
+def stop_ephemeral_servers() -> None:
+    """Stop every ephemeral Prefect API server this process started (Prefect stops them only at a clean exit)."""
+    module = sys.modules.get("prefect.server.api.server")  # not imported: no server was started
+    if module is None:
+        return
+    for server in list(module.SubprocessASGIServer._instances.values()):
+        if server.server_process is not None:
+            server.stop()
+
+
+@contextmanager
+def stop_server_on_signals() -> Iterator[None]:
+    """While the run lasts, SIGTERM, SIGHUP and SIGINT first stop the ephemeral Prefect server, then end the
+    process as the signal would have (its default action), so a stopped run leaves nothing listening.
+    The catalog is left as a killed run leaves it: the next run resumes (the writer lock dies with us).
+    Signal handlers can only be set in the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def stop(signum, frame):
+        for sig in handled:  # a second signal must not cut the server's stop short
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            stop_ephemeral_servers()
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @flow(name="synthesize", log_prints=True)
-def synthesize_flow(config_data: dict, config_path: str | None = None, sources: list[str] | None = None,
+def synthesize_flow(config_file: str, config_sha256: str, sources: list[str] | None = None,
                     version: str | None = None, name: str | None = None, finalize: bool = True,
                     progress: bool = False, max_partitions: int | None = None, reuse: bool = True,
                     run_id: str | None = None) -> dict[str, Any]:
-    """`reuse`: commit unchanged sources' partitions from an earlier finalized version instead of
+    """Build a version from the config saved at `config_file` (`write_snapshot`; its sha256 is checked).
+    `reuse`: commit unchanged sources' partitions from an earlier finalized version instead of
     processing them again (dataflux.incremental). The run holds the catalog's writer lock throughout
     (taken here unless `run_synthesis` already holds it for `run_id`)."""
     from dataflux.storage.writer_lock import writer_lock
 
-    config = config_from_dict(config_data, origin=config_path or "<flow parameters>")
+    config = read_snapshot(config_file, config_sha256)
     run_id = run_id or new_run_id()
     with writer_lock(config.catalog_path, run_id):
-        return _synthesize(config, config_path, sources, version, name, finalize, progress, max_partitions,
-                           reuse, run_id)
+        return _synthesize(config, (config_file, config_sha256), sources, version, name, finalize, progress,
+                           max_partitions, reuse, run_id)
 
 
-def _synthesize(config: Config, config_path: str | None, sources: list[str] | None, version: str | None,
+def _open_sources(config: Config, chosen: list[str]) -> None:
+    """Open each source once before any partition starts, so a missing folder or a manifest that is not a
+    regular file is one error from the flow, not one per partition."""
+    from dataflux.sources.registry import open_source
+
+    for name in chosen:
+        open_source(config, name)
+
+
+def _synthesize(config: Config, snapshot: tuple[str, str], sources: list[str] | None, version: str | None,
                 name: str | None, finalize: bool, progress: bool, max_partitions: int | None, reuse: bool,
                 run_id: str) -> dict[str, Any]:
     from dataflux.incremental import reuse_unchanged_sources, source_states
@@ -117,6 +189,7 @@ def _synthesize(config: Config, config_path: str | None, sources: list[str] | No
     unknown = [s for s in chosen if s not in config.sources]
     if unknown:
         raise ValueError(f"unknown sources {unknown}; data_catalog.yaml defines {sorted(config.sources)}")
+    _open_sources(config, chosen)
     use_object_store(config)
     catalog = Catalog(config.catalog_path)
     states = source_states(config, chosen)
@@ -146,8 +219,7 @@ def _synthesize(config: Config, config_path: str | None, sources: list[str] | No
     logger.info("version %s: %d partitions to do, %d already committed", version_id, len(todo), len(committed))
     retries = int(config.data["run"].get("task_retries", 2))
     task_fn = partition_task.with_options(retries=retries)
-    futures = [task_fn.submit(config.data, config_path, s, p, n_partitions, version_id, run_id, chosen)
-               for s, p in todo]
+    futures = [task_fn.submit(*snapshot, s, p, n_partitions, version_id, run_id, chosen) for s, p in todo]
 
     counts = {"partitions_done": 0, "partitions_skipped": skipped, "items": 0, "rows": 0, "rejects": 0,
               "partitions_failed": 0, "budget_exhausted": 0,
@@ -156,11 +228,14 @@ def _synthesize(config: Config, config_path: str | None, sources: list[str] | No
               "sources_processed": sorted({s for s, _ in todo})}
     bar = _progress(len(futures), progress)
     llm_reports: list[dict] = []
+    user_errors: list[BaseException] = []
     for future in as_completed(futures):
         try:
             result: PartitionResult = future.result()
         except Exception as exc:  # a partition that failed after its retries stays uncommitted
             counts["partitions_failed"] += 1
+            if is_user_error(exc):
+                user_errors.append(exc)
             logger.error("partition failed after retries: %s", exc)
             bar.update(1)
             continue
@@ -184,6 +259,9 @@ def _synthesize(config: Config, config_path: str | None, sources: list[str] | No
         from dataflux.backends import merge_llm_reports
 
         counts["llm"] = merge_llm_reports(llm_reports)
+    if user_errors:  # the first one, as raised: the command line names it in one line
+        catalog.finish_run(run_id, status="failed", counts=counts)
+        raise user_errors[0]
     catalog.finish_run(run_id, status=status, counts=counts)
     summary: dict[str, Any] = {"version": version_id, "run_id": run_id, "status": status, **counts}
     if complete and finalize:

@@ -21,7 +21,7 @@ if os.environ.get("CI"):  # CI installs the `llm` extra: a missing server is a f
 else:
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'dataflux[llm]')")
 
-from dataflux.config import config_from_dict  # noqa: E402
+from dataflux.config import config_from_dict, write_snapshot  # noqa: E402
 from dataflux.llm.counters import FAILURE_REASONS  # noqa: E402
 from dataflux.llm.prompts import load_prompt  # noqa: E402
 from dataflux.llm.serve import GGUF_NAME, ensure_smollm2, start_server  # noqa: E402
@@ -71,7 +71,8 @@ def llama_run(tmp_path_factory):
         first_counters = run_accounts(config, first["run_id"]).counters.snapshot()
         # the same sources into a new version with nothing reused: only the call cache can spare the calls
         second = synthesize_flow.with_options(task_runner=task_runner_for(config))(
-            config_data=config.data, name="llama-rerun", reuse=False)
+            *write_snapshot(config),  # the config travels as a file and its hash
+            name="llama-rerun", reuse=False)
         second_counters = run_accounts(config, second["run_id"]).counters.snapshot()
         yield {"config": config, "first": first, "second": second, "first_counters": first_counters,
                "second_counters": second_counters}

@@ -14,7 +14,7 @@ import logging
 
 import pytest
 
-from dataflux.config import config_from_dict
+from dataflux.config import config_from_dict, write_snapshot
 from dataflux.llm.counters import FAILURE_REASONS
 from dataflux.llm.prompts import load_prompt
 from dataflux.storage.catalog import Catalog
@@ -71,7 +71,8 @@ def faulty_run(tmp_path_factory):
             # spare the calls.
             from flows.synthesize import synthesize_flow, task_runner_for
             second = synthesize_flow.with_options(task_runner=task_runner_for(config))(
-                config_data=config.data, name="faults-rerun", reuse=False)
+                *write_snapshot(config),  # the config travels as a file and its hash
+                name="faults-rerun", reuse=False)
             second_counters = run_accounts(config, second["run_id"]).counters.snapshot()
             yield {"home": home, "config": config, "first": first, "second": second, "server": srv,
                    "first_counters": first_counters, "second_counters": second_counters,
