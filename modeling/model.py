@@ -382,3 +382,7 @@ def _pad_runs(pad_mask: torch.Tensor) -> list[int]:
     starts = (edges == 1).nonzero()
     ends = (edges == -1).nonzero()
     return (ends[:, 1] - starts[:, 1]).tolist()
+
+
+# so AutoModelForCausalLM.from_pretrained(checkpoint) loads our checkpoints (config.json model_type eureka_audio)
+AutoModelForCausalLM.register(EurekaAudioConfig, EurekaAudioForCausalLM, exist_ok=True)

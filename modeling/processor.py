@@ -12,7 +12,6 @@ Legend: B batch, T samples (16 kHz), M mel bins, F mel frames, L tokens.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoProcessor, ProcessorMixin
 
 from modeling.configuration import AUDIO_END, AUDIO_PAD, AUDIO_START, EurekaAudioConfig, audio_token_count
 from modeling.tokenizer import CHATML_TEMPLATE, IM_END, IM_START, add_audio_tokens
@@ -52,8 +52,12 @@ def log_mel_batch(waveforms: torch.Tensor, lengths: torch.Tensor, n_mels: int) -
     return log_mel(waveforms, lengths, n_mels=n_mels)
 
 
-class EurekaAudioProcessor:
+class EurekaAudioProcessor(ProcessorMixin):
     """Features + tokenizer + chat template for `EurekaAudioForCausalLM`.
+
+    A `transformers` processor: `save_pretrained` writes the tokenizer, `chat_template.jinja` and
+    `processor_config.json` (the audio geometry below), and `AutoProcessor.from_pretrained(checkpoint)`
+    loads it back (the class is registered for `EurekaAudioConfig`, `model_type` "eureka_audio").
 
     Args:
         tokenizer: a Hugging Face tokenizer; the audio special tokens are added if missing.
@@ -62,6 +66,7 @@ class EurekaAudioProcessor:
         stack_factor: encoder frames per audio token.
         sampling_rate: the rate audio must arrive in (16 kHz).
         system_prompt: prepended as a system turn when a conversation has none (None: no system turn).
+        chat_template: the Jinja chat template (default: the tokenizer's, else ChatML).
     """
 
     def __init__(
@@ -72,11 +77,12 @@ class EurekaAudioProcessor:
         stack_factor: int = 4,
         sampling_rate: int = 16000,
         system_prompt: str | None = None,
+        chat_template: str | None = None,
     ):
-        self.tokenizer = tokenizer
+        chat_template = chat_template or getattr(tokenizer, "chat_template", None) or CHATML_TEMPLATE
+        tokenizer.chat_template = chat_template
+        super().__init__(tokenizer, chat_template=chat_template)
         self.audio_ids = add_audio_tokens(tokenizer)
-        if getattr(tokenizer, "chat_template", None) is None:
-            tokenizer.chat_template = CHATML_TEMPLATE
         self.n_mels = n_mels
         self.chunk_mel_frames = chunk_mel_frames
         self.stack_factor = stack_factor
@@ -222,30 +228,20 @@ class EurekaAudioProcessor:
             ids = ids[: ids.index(self._im_end)]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    # -- persistence ------------------------------------------------------------------------------
+    # -- persistence (ProcessorMixin: save_pretrained, from_pretrained) ----------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"processor_class": type(self).__name__, "n_mels": self.n_mels,
-                "chunk_mel_frames": self.chunk_mel_frames, "stack_factor": self.stack_factor,
-                "sampling_rate": self.sampling_rate, "system_prompt": self.system_prompt,
-                "audio_tokens": [AUDIO_START, AUDIO_PAD, AUDIO_END], "audio_placeholder": AUDIO_PLACEHOLDER}
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write the tokenizer (with chat template) and processor_config.json into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(directory)
-        (directory / PROCESSOR_CONFIG).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """processor_config.json: the audio geometry, plus the audio tokens and placeholder (for readers)."""
+        return {**super().to_dict(), "audio_tokens": [AUDIO_START, AUDIO_PAD, AUDIO_END],
+                "audio_placeholder": AUDIO_PLACEHOLDER}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "EurekaAudioProcessor":
-        from transformers import AutoTokenizer
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "EurekaAudioProcessor":
+        """The processor saved in a checkpoint directory (or hub id) by `save_pretrained`."""
+        path = Path(pretrained_model_name_or_path)
+        if path.is_dir() and not (path / PROCESSOR_CONFIG).exists():
+            raise FileNotFoundError(f"{path / PROCESSOR_CONFIG}: no processor config; was this checkpoint saved "
+                                    "by the trainer?")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
-        directory = Path(directory)
-        path = directory / PROCESSOR_CONFIG
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no processor config; was this checkpoint saved by the trainer?")
-        cfg = json.loads(path.read_text())
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        return cls(tokenizer, n_mels=cfg["n_mels"], chunk_mel_frames=cfg["chunk_mel_frames"],
-                   stack_factor=cfg["stack_factor"], sampling_rate=cfg["sampling_rate"],
-                   system_prompt=cfg.get("system_prompt"))
+
+AutoProcessor.register(EurekaAudioConfig, EurekaAudioProcessor, exist_ok=True)

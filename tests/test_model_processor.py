@@ -1,6 +1,8 @@
 """The processor: audio-token expansion that matches the model, assistant-only labels, one format for
 training and inference, and save/load."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -109,6 +111,32 @@ def test_saved_processor_reloads_to_the_same_encoding(processor, tmp_path):
     assert loaded.audio_ids == processor.audio_ids
     assert (loaded.n_mels, loaded.chunk_mel_frames) == (16, 100)
     assert loaded.audio_token_count(12345) == processor.audio_token_count(12345)
+
+
+def test_auto_classes_load_a_saved_checkpoint_and_expand_placeholders_as_the_original(processor, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    model = _model(processor)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["processor_class"] == "EurekaAudioProcessor" and (saved["n_mels"], saved["chunk_mel_frames"]) == (16, 100)
+
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is EurekaAudioProcessor and loaded.audio_ids == processor.audio_ids
+    clips = [_clip(0.7), _clip(2.3)]  # 2.3 s: three encoder windows
+    convs = [_conversation(0), _conversation(2)]
+    for add_generation_prompt in (False, True):
+        ours = processor(convs, clips, add_generation_prompt=add_generation_prompt)
+        theirs = loaded(convs, clips, add_generation_prompt=add_generation_prompt)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    pad = processor.audio_ids["audio_pad_token_id"]
+    assert (theirs["input_ids"] == pad).sum(1).tolist() == [processor.audio_token_count(len(c)) for c in clips]
+
+    auto_model = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(auto_model) is EurekaAudioForCausalLM
+    with torch.no_grad():
+        assert torch.equal(auto_model(**ours).logits, model(**ours).logits)
 
 
 def test_whole_line_tokenizer_makes_each_option_line_one_token_and_still_reads_anything():
