@@ -98,7 +98,8 @@ def _normal(name: str) -> str:
 
 def _declared() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    extras = project["optional-dependencies"].values()
+    requirements = project["dependencies"] + [r for extra in extras for r in extra]
     return {_normal(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) for r in requirements}
 
 
@@ -109,7 +110,8 @@ def _guarded_lines(tree: ast.AST) -> set[int]:
         if isinstance(node, ast.Try) and any(
                 isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
                 for h in node.handlers):
-            lines |= {n.lineno for stmt in node.body for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+            lines |= {n.lineno for stmt in node.body for n in ast.walk(stmt)
+                      if isinstance(n, (ast.Import, ast.ImportFrom))}
     return lines
 
 

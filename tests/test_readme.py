@@ -1,5 +1,6 @@
 """The README's two set-up commands must stay true: they exist, CI runs the test one, and the
-demo command they wrap works."""
+demo command they wrap works. Every `dataflux` command the README and docs/ show exists with its
+flags, and every link between them leads to a file."""
 
 import re
 import subprocess
@@ -47,14 +48,18 @@ def test_demo_command_finalizes_a_version_and_prints_its_stats(dataflux_home):
     assert '"finalized"' in versions.stdout
 
 
-def test_every_dataflux_command_in_the_readme_exists_with_its_flags():
+def _documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_dataflux_command_in_the_readme_and_docs_exists_with_its_flags():
     from cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    text = (ROOT / "README.md").read_text()
-    lines = re.findall(r"^\.venv/bin/dataflux (.+)$", text, re.M)
-    assert len(lines) >= 10
+    assert len(re.findall(r"^\.venv/bin/dataflux (.+)$", (ROOT / "README.md").read_text(), re.M)) >= 10
+    lines = [line for doc in _documents()
+             for line in re.findall(r"^\.venv/bin/dataflux (.+)$", doc.read_text(), re.M)]
     for line in lines:
         words = line.split("#")[0].split()
         cmd = words[0]
@@ -65,3 +70,22 @@ def test_every_dataflux_command_in_the_readme_exists_with_its_flags():
         known = {opt for a in p._actions for opt in a.option_strings}
         for flag in (w.strip("[]") for w in words if w.strip("[]").startswith("--")):
             assert flag in known, f"README: `dataflux {cmd}` has no flag {flag}"
+
+
+def test_readme_stays_a_five_minute_read_with_the_layout_before_the_details():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 160, "README.md grew past ~150 lines: move results and narratives to docs/"
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    assert headings.index("Layout") < headings.index("Everyday use")
+    for word in ("leaf", "claim", "planted", "partition", "draft / finalized version"):
+        assert f"**{word}**" in text, f"README's glossary lacks {word!r}"
+
+
+def test_links_in_the_readme_and_docs_lead_to_files():
+    broken = []
+    for doc in _documents():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" not in target and not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert not broken, f"links to files that do not exist: {broken}"
+

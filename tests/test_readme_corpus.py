@@ -1,4 +1,4 @@
-"""The README's "Your own corpus" examples run as written: the folder + CSV source and the `hf`
+"""The "Your own corpus" examples (docs/corpus.md) run as written: the folder + CSV source and the `hf`
 Parquet source, each through `dataflux run` and `dataflux stats` on clips made here."""
 
 import json
@@ -17,9 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def _blocks() -> list[tuple[str, str]]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Your own corpus", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+    text = (ROOT / "docs" / "corpus.md").read_text()
+    return re.findall(r"```(\w+)\n(.*?)```", text, re.S)
 
 
 def _make_audio(folder: Path, names: list[str]) -> None:
@@ -68,7 +67,7 @@ def test_readme_own_corpus_examples_run_end_to_end(tmp_path, dataflux_home, monk
             if args[0] == "run":
                 version = re.search(r"^(v\d+-\S+): completed, (\d+) rows", out, re.M).group(1)
                 assert "(finalized)" in out
-        assert version is not None, f"the README runs no {source} version"
+        assert version is not None, f"docs/corpus.md runs no {source} version"
         stats = json.loads(_dataflux(["stats", version, "--json"], capsys))
         assert stats["rows"] > 0 and stats["questions_per_clip"]["mean"] >= 1
         assert "sound_source" in stats["categories_per_source"][source]
