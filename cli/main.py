@@ -14,18 +14,15 @@ import json
 import sys
 from typing import Any
 
-import duckdb
-
+from cli import errors
 from cli import eval as eval_command
 from cli import llm as llm_command
 from cli import ops as ops_commands
 from cli import train as train_commands
 from cli.catalog_choice import open_catalog
-from dataflux.config import ConfigError, demo_config, load_config
-from dataflux.storage.catalog import Catalog, CatalogError
+from dataflux.config import demo_config, load_config
+from dataflux.storage.catalog import Catalog
 from dataflux.storage.row_schema import TASKS
-from dataflux.storage.shards import ShardError
-from dataflux.storage.sql_sandbox import one_line
 from dataflux.storage.writer_lock import writer_lock_held
 from flows import prefect_env
 
@@ -258,18 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run a Prefect flow: its error records (a traceback per failed task) go to the log file.
+FLOW_COMMANDS = {"demo", "run"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Any error ends it with one line on stderr naming a log file that holds the
+    traceback: exit 2 for the user's errors, 1 for ours (cli.errors)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = errors.log_path(args.command)
     try:
+        if args.command in FLOW_COMMANDS:
+            prefect_env.apply()
+            with errors.prefect_logs_to(log):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
-    except (ConfigError, CatalogError, ShardError, FileNotFoundError, KeyError, ValueError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"dataflux {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except duckdb.Error as exc:  # any other DuckDB failure: its one-line reason, no traceback
-        print(f"dataflux {args.command}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"dataflux {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return errors.report(args.command, exc, log)
 
 
 if __name__ == "__main__":
