@@ -193,6 +193,26 @@ def test_http1_replaces_a_kept_alive_connection_the_server_closed():
     assert state["connections"] == 2
 
 
+def test_http1_skips_interim_replies_and_reads_a_body_that_ends_with_the_connection():
+    interim = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+               b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    unsized = b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\": 1}"
+
+    async def main():
+        server, port, state = await scripted_server([interim, unsized], close_after_each=True)
+        async with server:
+            pool = Http1Pool("http", "127.0.0.1", port)
+            first = await pool.post("/", b"1", {})
+            second = await pool.post("/", b"2", {})
+            pool.close()
+        return first, second, state
+
+    first, second, state = asyncio.run(main())
+    assert first[0] == 200 and first[2] == b"ok"
+    assert second[0] == 200 and second[2] == b'{"a": 1}'
+    assert state["connections"] == 2
+
+
 def test_http1_closes_a_connection_idle_past_its_expiry_instead_of_reusing_it():
     ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 

@@ -93,8 +93,9 @@ class _Connection(asyncio.Protocol):
             return
         self.closed = True
         if self.waiter is not None and not self.waiter.done():
-            self.h11.receive_data(b"")  # a reply without a length ends where the connection does
-            self._read_events()
+            if self.got_bytes:  # a reply without a length ends where the connection does
+                self.h11.receive_data(b"")
+                self._read_events()
             if not self.waiter.done():
                 self.waiter.set_exception(ConnectionDropped(why, any_reply=self.got_bytes))
 
