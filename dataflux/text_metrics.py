@@ -72,8 +72,8 @@ def _split_unspaced(word: str) -> list[str]:
 
 
 def _language_code(language: str | None) -> str | None:
-    """"zh-Hans", "ja_JP", "TH" -> "zh", "ja", "th"."""
-    return language.replace("_", "-").split("-")[0].lower() if language else None
+    """The base code of a language tag: zh-Hans, ja_JP, TH -> zh, ja, th."""
+    return str(language).replace("_", "-").split("-")[0].lower() if language else None
 
 
 def words(text: str | None, language: str | None = None) -> list[str]:

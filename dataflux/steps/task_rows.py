@@ -94,10 +94,11 @@ def asr_row(clip: Clip, base: Mapping[str, Any], max_wer: float = MAX_TRANSCRIPT
     from dataflux.text_metrics import normalise_text, wer
 
     metadata = (clip.item.labels.get("transcript") or "").strip() or None
+    language = clip.item.labels.get("language")  # Chinese, Japanese, Thai...: compared by character
     heard = (_recognizer_transcript(base) or "").strip() or None
     if metadata is None and heard is None:
         return None
-    if metadata is not None and not normalise_text(metadata):
+    if metadata is not None and not normalise_text(metadata, language):
         return Reject(clip.item.source, clip.item.source_id, stage="verify", reason="asr:empty_transcript",
                       detail=f"the source's transcript {metadata!r} has no words", audio_sha256=clip.audio_sha256)
     if metadata is None:
@@ -107,7 +108,7 @@ def asr_row(clip: Clip, base: Mapping[str, Any], max_wer: float = MAX_TRANSCRIPT
     checks = [{"name": "transcript_from_source", "passed": True,
                "detail": f"the source's transcript ({clip.item.source})"}]
     if heard is not None:
-        err = wer(metadata, heard)
+        err = wer(metadata, heard, language)
         if err > max_wer:
             return Reject(clip.item.source, clip.item.source_id, stage="verify", reason="asr:transcript_disagrees",
                           detail=f"WER {err:.2f} between the source's and the recognizer's transcript "
