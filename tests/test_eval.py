@@ -145,6 +145,14 @@ def test_the_normaliser_folds_unicode_case_and_punctuation_and_keeps_digits_and_
     assert words("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]  # combining marks stay in their word
 
 
+@pytest.mark.parametrize("text", ["Don't stop, it's 3.5 s... (or 1,000)!", "a_b-c 'x' y' 'z", "tab\tand\nnew#line$",
+                                  "o'clock 5'6 ,. 7,8. end.", "' ' 2.x y.3 rock'n'roll"])
+def test_ascii_text_takes_the_fast_path_to_the_same_words_as_the_unicode_path(text):
+    from dataflux.text_metrics import words
+
+    assert words(text + " é") == words(text) + ["é"]  # "é" sends the text through the Unicode path
+
+
 def test_scripts_without_spaces_are_scored_by_character_given_the_language():
     from dataflux.text_metrics import words
 
