@@ -23,6 +23,7 @@ import torch
 from modeling.model import EurekaAudioForCausalLM
 from modeling.processor import AUDIO_PLACEHOLDER, EurekaAudioProcessor
 
+
 @dataclass(frozen=True)
 class Reply:
     """One answer: the text, the prompt's tokens (audio tokens included) and the generated tokens."""
