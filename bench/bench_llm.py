@@ -178,10 +178,10 @@ def measure(base_url: str, server_pid: int, path: str, concurrency: int, request
 
 def cached_rerun(n: int, chunk: int) -> dict:
     """Fill a catalog with `n` cached replies, then serve `n` calls from it in partitions of `chunk`."""
-    from dataflux.storage.catalog import Catalog
+    from dataflux.llm.catalog_cache import CatalogCallCache
 
     with tempfile.TemporaryDirectory() as tmp:
-        catalog = Catalog(Path(tmp) / "catalog.duckdb")
+        catalog = CatalogCallCache(Path(tmp) / "catalog.duckdb")
         pool = make_pool("http://127.0.0.1:9/v1", 256, "http", cache=catalog)  # nothing listens: hits only
         client = pool.client("bench")
         rows = [{"request_sha256": client.request_key(messages=messages("cached", i), schema=SCHEMA, max_tokens=16),

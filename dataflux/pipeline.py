@@ -126,9 +126,9 @@ async def _process_partition(config, source_name, partition, n_partitions, versi
     from dataflux.backends import uses_models
 
     if uses_models(config):
-        from dataflux.storage.catalog import Catalog
+        from dataflux.llm.catalog_cache import CatalogCallCache
 
-        cache = Catalog(config.catalog_path)
+        cache = CatalogCallCache(config.catalog_path)
     steps, pool = build_steps(config, categories, run_id=run_id, cache=cache)
     loop_cfg = LoopConfig(**config.data["loop"])
 

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from dataflux.llm.catalog_cache import CatalogCallCache
 from dataflux.records import Reject
 from dataflux.storage.catalog import (
     Catalog,
@@ -200,11 +201,13 @@ def test_read_only_catalog_reads_and_refuses_writes(catalog):
 
 
 def test_call_cache_first_response_wins(catalog):
-    assert catalog.cache_get("h1") is None
-    assert catalog.cache_put("h1", "caption", "m", {"text": "a tone"}, tokens_in=5, tokens_out=7, cost_usd=0.01,
-                             latency_s=0.2)
-    assert not catalog.cache_put("h1", "caption", "m", {"text": "other"})
-    hit = catalog.cache_get("h1")
+    cache = CatalogCallCache(catalog)
+    assert cache.cache_get("h1") is None
+    assert cache.cache_put("h1", "caption", "m", {"text": "a tone"}, tokens_in=5, tokens_out=7, cost_usd=0.01,
+                           latency_s=0.2)
+    assert not cache.cache_put("h1", "caption", "m", {"text": "other"})
+    assert catalog.query("SELECT step, n_calls FROM v_call_cache_by_step")[1] == [("caption", 1)]
+    hit = cache.cache_get("h1")
     assert hit["response"] == {"text": "a tone"} and (hit["tokens_in"], hit["tokens_out"]) == (5, 7)
 
 

@@ -14,10 +14,10 @@ import pytest
 from dataflux.config import config_from_dict
 from dataflux.llm.cache import MemoryCallCache
 from dataflux.llm.cache_batches import CacheBatcher
+from dataflux.llm.catalog_cache import CatalogCallCache
 from dataflux.llm.client import EndpointPool
 from dataflux.llm.http1 import Http1Pool
 from dataflux.llm.transport import FormFile, HttpTransport, TransportConnectionError
-from dataflux.storage.catalog import Catalog
 from fault_server import HOSTILE_KINDS, FaultServer, HostileServer
 
 SCHEMA = {"type": "object", "required": ["answer"], "additionalProperties": False,
@@ -86,7 +86,7 @@ def cache_rows(n: int, tag: str) -> list[dict]:
 
 @pytest.mark.parametrize("kind", ["catalog", "memory"])
 def test_batched_cache_lookup_returns_what_single_lookups_return(tmp_path, kind):
-    cache = Catalog(tmp_path / "catalog.duckdb") if kind == "catalog" else MemoryCallCache()
+    cache = CatalogCallCache(tmp_path / "catalog.duckdb") if kind == "catalog" else MemoryCallCache()
     singles, batch = cache_rows(5, "a"), cache_rows(40, "b")
     for r in singles:
         cache.cache_put(r["request_sha256"], r["step"], r["model"], r["response"], r["tokens_in"],
@@ -110,7 +110,7 @@ def test_batched_cache_lookup_returns_what_single_lookups_return(tmp_path, kind)
 
 
 def test_concurrent_lookups_of_one_loop_become_few_queries(tmp_path):
-    catalog = Catalog(tmp_path / "catalog.duckdb")
+    catalog = CatalogCallCache(tmp_path / "catalog.duckdb")
     rows = cache_rows(300, "c")
     batcher = CacheBatcher(catalog)
 

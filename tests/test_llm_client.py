@@ -150,11 +150,11 @@ def test_missing_key_variable_is_a_config_error_naming_it(server, monkeypatch):
 
 
 def test_api_key_is_sent_but_never_cached_logged_or_recorded(server, monkeypatch, caplog, tmp_path):
-    from dataflux.storage.catalog import Catalog
+    from dataflux.llm.catalog_cache import CatalogCallCache
 
     key = "sk-planted-" + "9f3a" * 8
     monkeypatch.setenv("DFX_PLANTED_KEY", key)
-    catalog = Catalog(tmp_path / "catalog.duckdb")
+    catalog = CatalogCallCache(tmp_path / "catalog.duckdb")
     pool = make_pool(server.base_url, cache=catalog, api_key_env="DFX_PLANTED_KEY", max_retries=1)
     with caplog.at_level(logging.DEBUG):
         replies = ask(pool, ["q1", "q2 [[fault:500:1]]", "q3 [[fault:echo400:1]]", "q4 [[fault:invalid:1]]"])
@@ -173,16 +173,16 @@ def test_api_key_is_sent_but_never_cached_logged_or_recorded(server, monkeypatch
 
 
 def test_rerun_over_warm_cache_makes_zero_requests(server, tmp_path):
-    from dataflux.storage.catalog import Catalog
+    from dataflux.llm.catalog_cache import CatalogCallCache
 
-    catalog = Catalog(tmp_path / "catalog.duckdb")
+    catalog = CatalogCallCache(tmp_path / "catalog.duckdb")
     texts = [f"question {i}" for i in range(6)] + ["q [[fault:invalid:1]]", "q [[fault:violate:2]]"]
     first_pool = make_pool(server.base_url, cache=catalog, price_per_1m_input=1.0, price_per_1m_output=2.0)
     first = ask(first_pool, texts)
     sent = server.stats["requests"]
     assert counters(first_pool)["requests"] == sent > 0
 
-    second_pool = make_pool(server.base_url, cache=Catalog(tmp_path / "catalog.duckdb"),
+    second_pool = make_pool(server.base_url, cache=CatalogCallCache(tmp_path / "catalog.duckdb"),
                             price_per_1m_input=1.0, price_per_1m_output=2.0)
     second = ask(second_pool, texts)
     c = counters(second_pool)

@@ -22,6 +22,7 @@ else:
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'dataflux[llm]')")
 
 from dataflux.config import config_from_dict, write_snapshot  # noqa: E402
+from dataflux.llm.catalog_cache import CatalogCallCache  # noqa: E402
 from dataflux.llm.counters import FAILURE_REASONS  # noqa: E402
 from dataflux.llm.prompts import load_prompt  # noqa: E402
 from dataflux.llm.serve import GGUF_NAME, ensure_smollm2, start_server  # noqa: E402
@@ -157,7 +158,7 @@ def test_the_flows_generate_call_is_recorded_with_model_id_and_prompt_hash(llama
     config = llama_run["config"]
     leaf = load_taxonomy().leaf("tone_pitch")
     clip = analyze_item(demo_item(0, seed=3, error_rate=0.0), [leaf.id])
-    pool = EndpointPool(config.data["endpoints"], cache=Catalog(config.catalog_path))
+    pool = EndpointPool(config.data["endpoints"], cache=CatalogCallCache(config.catalog_path))
     writer = build_openai_step("generate", config.data["steps"]["generate"], pool)
 
     async def replay():

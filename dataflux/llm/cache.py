@@ -6,7 +6,7 @@ gives the same key), sampling parameters and seed, the response schema, the stru
 mode and the prompt template hash. It never covers the API key or the base URL: the same
 model behind another URL gives the same answer.
 
-The DuckDB catalog (`dataflux.storage.catalog.Catalog`) implements `CallCache`; `MemoryCallCache`
+`CatalogCallCache` (`dataflux.llm.catalog_cache`) keeps the calls in the catalog's file; `MemoryCallCache`
 serves runs and benchmarks without a catalog. Both also answer `cache_get_many`/`cache_put_many`,
 which `cache_batches.CacheBatcher` uses to serve many concurrent calls with one query.
 """
