@@ -1,8 +1,8 @@
 """Which catalog a command reads or writes, from its flags and the working directory.
 
 `--config FILE` names a data_catalog.yaml (its object-store settings are applied, so versions on
-`s3://` can be read); without it, ./data_catalog.yaml is used unless DATAFLUX_HOME is set, and
-otherwise the catalog is <dataflux home>/catalog.duckdb.
+`s3://` can be read); without it, the rule of `dataflux.home.config_file` applies (./data_catalog.yaml
+unless DATAFLUX_HOME is set, else <dataflux home>/catalog.duckdb).
 """
 
 from __future__ import annotations
@@ -10,22 +10,20 @@ from __future__ import annotations
 import os
 
 from dataflux.config import load_config
-from dataflux.home import dataflux_home
+from dataflux.home import config_file, default_catalog_path
 from dataflux.pipeline import use_object_store
 from dataflux.storage.catalog import Catalog
 
 
 def open_catalog(args, *, read_only: bool = False) -> Catalog:
     """The catalog of `args.config`, of ./data_catalog.yaml, or of the dataflux home (in that order)."""
+    named = config_file(getattr(args, "config", None))
+    if named is None:
+        return Catalog(default_catalog_path(), read_only=read_only)
+    config = load_config(named)
     if getattr(args, "config", None):
-        config = load_config(args.config)
         use_object_store(config)
-        path = config.catalog_path
-    elif os.path.exists("data_catalog.yaml") and not os.environ.get("DATAFLUX_HOME"):
-        path = load_config("data_catalog.yaml").catalog_path
-    else:
-        path = str(dataflux_home() / "catalog.duckdb")
-    return Catalog(path, read_only=read_only)
+    return Catalog(config.catalog_path, read_only=read_only)
 
 
 def open_catalog_for_reading(args) -> Catalog:

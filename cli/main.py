@@ -21,7 +21,7 @@ from cli import ops as ops_commands
 from cli import train as train_commands
 from cli.catalog_choice import open_catalog
 from dataflux.config import demo_config, load_config
-from dataflux.storage.catalog import Catalog
+from dataflux.storage.catalog import DEFAULT_ROW_LIMIT, Catalog
 from dataflux.storage.row_schema import TASKS
 from dataflux.storage.writer_lock import writer_lock_held
 from flows import prefect_env
@@ -157,14 +157,30 @@ def cmd_stats(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    columns, rows = open_catalog(args, read_only=True).query(args.query)
-    if args.json:
-        _print_json([dict(zip(columns, r)) for r in rows])
-        return 0
-    print("\t".join(columns))
-    for r in rows:
-        print("\t".join("" if v is None else str(v) for v in r))
+    """Rows are printed as they stream from the catalog, at most --limit of them (0: all)."""
+    if args.limit < 0:
+        raise ValueError(f"--limit {args.limit}: give a number of rows, or 0 for all")
+    with open_catalog(args, read_only=True).stream(args.query, limit=args.limit or None) as result:
+        rows = (row for batch in result.batches() for row in batch.to_pylist())
+        if args.json:
+            _print_json_rows(rows)
+        else:
+            print("\t".join(result.columns))
+            for r in rows:
+                print("\t".join("" if v is None else str(v) for v in r.values()))
+    if result.cut:
+        print(f"({result.cut} more rows not shown: raise --limit, or --limit 0 for all)", file=sys.stderr)
     return 0
+
+
+def _print_json_rows(rows) -> None:
+    """`_print_json` of a list of rows, printed one row at a time."""
+    first = True
+    for row in rows:
+        item = "\n".join("  " + line for line in json.dumps(row, indent=2, default=str).splitlines())
+        print(("[\n" if first else ",\n") + item, end="")
+        first = False
+    print("[]" if first else "\n]")
 
 
 def cmd_runs(args) -> int:
@@ -248,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="a data_catalog.yaml whose catalog to use")
         if json_flag:
             p.add_argument("--json", action="store_true")
+        if name == "sql":
+            p.add_argument("--limit", type=int, default=DEFAULT_ROW_LIMIT,
+                           help=f"print at most this many rows (default {DEFAULT_ROW_LIMIT}; 0: all)")
         p.set_defaults(func=func)
 
     for commands in (train_commands, eval_command, llm_command, ops_commands):

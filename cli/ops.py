@@ -15,17 +15,15 @@ import sys
 
 from cli.catalog_choice import open_catalog_for_reading
 from dataflux.config import demo_config, load_config
+from dataflux.home import config_file
 from dataflux.report import write_report
 from dataflux.report.diff import diff_versions, format_diff
 from flows import prefect_env
 
 
 def _config(args):
-    if args.config:
-        return load_config(args.config)
-    if os.path.exists("data_catalog.yaml"):
-        return load_config("data_catalog.yaml")
-    return demo_config()
+    named = config_file(args.config)  # the one rule for every command (dataflux.home)
+    return load_config(named) if named else demo_config()
 
 
 def _refusing(fn):

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from dataflux.config import load_config
-from dataflux.home import dataflux_home
+from dataflux.home import config_file, default_catalog_path
 from flows import prefect_env
 
 
@@ -19,11 +18,8 @@ def _catalog_path(args) -> str:
     """--catalog, else the catalog of --data-config / ./data_catalog.yaml, else <dataflux home>/catalog.duckdb."""
     if args.catalog:
         return args.catalog
-    data_config = args.data_config or ("data_catalog.yaml" if os.path.exists("data_catalog.yaml")
-                                       and not os.environ.get("DATAFLUX_HOME") else None)
-    if data_config:
-        return str(load_config(data_config).catalog_path)
-    return str(dataflux_home() / "catalog.duckdb")
+    named = config_file(args.data_config)  # the one rule for every command (dataflux.home)
+    return str(load_config(named).catalog_path) if named else str(default_catalog_path())
 
 
 def cmd_train(args) -> int:
