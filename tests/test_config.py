@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -56,3 +58,19 @@ def test_source_hash_changes_only_with_that_source():
     c2 = config_from_dict(base)
     assert c1.source_sha256("a") == c2.source_sha256("a")
     assert c1.source_sha256("b") != c2.source_sha256("b")
+
+
+def test_the_config_travels_as_a_snapshot_file_whose_hash_is_checked(tmp_path, monkeypatch):
+    from dataflux.config import read_snapshot, write_snapshot
+
+    monkeypatch.setenv("DATAFLUX_HOME", str(tmp_path / "home"))
+    config = config_from_dict({"version": 1, "sources": {"d": {"kind": "demo", "size": 4,
+                                                                "license": "x" * 700_000}}},
+                              path=tmp_path / "data_catalog.yaml")
+    path, sha = write_snapshot(config)
+    assert Path(path).parent == tmp_path / "home" / "configs"  # in the home, never a flow parameter
+    again = read_snapshot(path, sha)
+    assert again.data == config.data and again.path == config.path and again.sha256 == config.sha256
+    Path(path).write_text(Path(path).read_text().replace("x" * 10, "y" * 10, 1))
+    with pytest.raises(ConfigError, match="changed after the run started"):
+        read_snapshot(path, sha)
