@@ -114,6 +114,7 @@ class CatalogQueries(CatalogFile):
             if mentions_samples:
                 self._verify_finalized_shards(con)
             shard_files = self._register_samples_view(con, create=mentions_samples)
+            con.execute("SET enable_progress_bar = false")  # DuckDB would draw it into the rows on stdout
             seal(con, shard_files)
             yield con
 
