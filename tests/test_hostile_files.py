@@ -209,3 +209,12 @@ def test_a_long_bad_value_is_cut_in_the_message():
     with pytest.raises(ConfigError) as err:
         config_from_dict({"version": 1, "sources": {"d": {"kind": "demo", "license": ["x" * 1_000_000]}}})
     assert len(str(err.value)) < 1000 and "more characters" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../v0001", "v1/../../x", "", ".", "a" * 65])
+def test_a_version_to_resume_must_be_a_safe_name(name):
+    from dataflux.config import check_name
+
+    with pytest.raises(ConfigError, match="--version: .* is not a usable name"):
+        check_name(name, what="--version")
+    assert check_name("v0003-demo", what="--version") == "v0003-demo"
