@@ -4,11 +4,12 @@ DuckDB lets one process write a database file at a time, and a reader's open blo
 as well. The catalog therefore opens a connection per operation and closes it straight after (a
 few ms), so a pipeline writing and a CLI or notebook reading take turns; within a process a lock
 serialises operations on one file, and an operation that finds the file locked by another process
-retries until `lock_timeout_s`. A reader that may take long (`dataflux sql`, a streamed result)
-works on a copy of the catalog made under one such short open (`snapshot`), so it never keeps a
-writer waiting however long it reads.
+retries until `lock_timeout_s`. A reader that may take long (`dataflux sql`, a streamed result,
+`stats` over a large version's shards) works on a copy of the catalog, or of the rows it needs, made
+under one such short open (`snapshot`, `excerpt`), so it never keeps a writer waiting however long
+it reads.
 
-`connect`, `transaction` and `snapshot` are the storage-level API that other parts of the catalog
+`connect`, `transaction`, `snapshot` and `excerpt` are the storage-level API that other parts of the catalog
 and the model-call cache (`dataflux.llm.catalog_cache`) build on.
 """
 
@@ -140,6 +141,24 @@ class CatalogFile:
                 yield con
             finally:
                 con.close()
+
+    @contextmanager
+    def excerpt(self, wheres: dict[str, str], params: list[Any]) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory connection holding the rows of catalog tables (`table name -> WHERE clause`,
+        each with `params`) as tables of the same names, copied while the file is open read-only."""
+        con = duckdb.connect()
+        try:
+            con.execute("SET enable_progress_bar = false")  # a long read would draw it on stdout
+            with _file_lock(self._key()):
+                self._retrying(lambda: con.execute(f"ATTACH '{_escaped(self.path)}' AS {_SOURCE} (READ_ONLY)"))
+                try:
+                    for table, where in wheres.items():
+                        con.execute(f"CREATE TABLE {table} AS SELECT * FROM {_SOURCE}.{table} WHERE {where}", params)
+                finally:
+                    con.execute(f"DETACH {_SOURCE}")
+            yield con
+        finally:
+            con.close()
 
     def fetch(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         """All rows of one read statement, on a short connection."""

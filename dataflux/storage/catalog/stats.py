@@ -64,7 +64,8 @@ class CatalogStats(CatalogFile):
         info = self.get_version(vid)
         out: dict[str, Any] = {"version_id": vid, "status": status, "shards_verified": status == "finalized"}
         out["verified"] = (info.get("notes") or {}).get("verified", True) is not False
-        with self.connect(read_only=True) as con:
+        # the version's ledger rows are copied, so reading its shards never keeps a writer waiting
+        with self.excerpt({"rejects": "version_id = ?", "items": "version_id = ?"}, [vid]) as con:
             q = _Reader(con)
             _samples_views(con, rel)
             _shape(q, out)
