@@ -8,14 +8,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from dataflux.text_metrics import corpus_wer, wer
 from modeling.eval import (
     UNRATED_DIFFICULTY,
     evaluate,
     exact_is_correct,
-    format_prompt,
     load_mmau_items,
     mmau_audio_loader,
     mmau_is_correct,
@@ -25,6 +23,7 @@ from modeling.eval import (
     score,
     write_mmau_json,
 )
+from tests.helpers.pitch_version import finished_version, pitch_rows
 
 PITCHES = ["110 Hz", "220 Hz", "440 Hz", "880 Hz"]
 
@@ -239,16 +238,6 @@ class PitchMeter:
         return out
 
 
-def pitch_rows(n: int = 8, splits: tuple[str, ...] = ("train",)) -> list[dict]:
-    """Rows about tones of 110-880 Hz (answer = the tone played), each at its own length."""
-    from dataflux.storage.example_row import make_example_row, tone_wav_bytes
-
-    freqs = [110.0, 220.0, 440.0, 880.0]
-    return [make_example_row(f"clip-{i}", answer_index=i % 4, audio_bytes=tone_wav_bytes(freqs[i % 4], 0.3 + 0.05 * i),
-                             split=splits[min(i, len(splits) - 1)])
-            for i in range(n)]
-
-
 def test_evaluate_scores_a_measuring_answerer_and_the_zeroed_baseline_falls_to_chance():
     rows = pitch_rows(8)
     meter = PitchMeter()
@@ -296,28 +285,8 @@ def test_evaluate_resamples_44k_mmau_audio_to_16k(tmp_path):
     assert meter.seen[0][0] == 8000
 
 
-def tiny_model_and_processor():
-    from modeling.configuration import EurekaAudioConfig
-    from modeling.model import EurekaAudioForCausalLM
-    from modeling.processor import EurekaAudioProcessor
-    from modeling.tokenizer import train_small_tokenizer
-
-    texts = [format_prompt("What is the approximate pitch of the tone?", PITCHES)] + [
-        f"({'ABCD'[i]}) {p}" for i, p in enumerate(PITCHES)]
-    tokenizer = train_small_tokenizer(texts, vocab_size=300)
-    processor = EurekaAudioProcessor(tokenizer, n_mels=16, chunk_mel_frames=100)
-    torch.manual_seed(0)
-    config = EurekaAudioConfig(
-        encoder_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                            max_source_positions=50, num_mel_bins=16),
-        llm_config=dict(model_type="qwen3", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, head_dim=16, intermediate_size=64, vocab_size=len(tokenizer)),
-        n_experts=4, expert_hidden=32, **processor.audio_ids)
-    return EurekaAudioForCausalLM(config).eval(), processor
-
-
-def test_evaluate_generates_with_the_real_model_and_processor():
-    model, processor = tiny_model_and_processor()
+def test_evaluate_generates_with_the_real_model_and_processor(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
     rows = pitch_rows(3)
     result = evaluate(model, processor, rows, batch_size=2, max_new_tokens=4)
     assert result["n"] == 3
@@ -331,39 +300,14 @@ def test_evaluate_generates_with_the_real_model_and_processor():
 # --- dataflux eval ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model, processor = tiny_model_and_processor()
-    path = tmp_path_factory.mktemp("ckpt")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
-def finished_version(home, rows, finalize=True) -> str:
-    from dataflux.storage.catalog import Catalog
-    from dataflux.storage.shards import shard_path, write_shard
-
-    catalog = Catalog(home / "catalog.duckdb")
-    vid = catalog.create_version("eval")
-    catalog.record_run("run-1", vid)
-    info = write_shard(rows, shard_path(home / "shards", vid, "demo-p0"))
-    items = [{"source": r["source"], "source_id": r["source_id"], "audio_sha256": None, "n_rows": 1,
-              "status": "kept", "planted": None} for r in rows]
-    catalog.commit_partition(vid, "demo-p0", info, [], items, "run-1")
-    if finalize:
-        catalog.finalize(vid)
-    return vid
-
-
-def test_eval_command_on_a_finished_version_writes_scores_and_mmau_predictions(dataflux_home, checkpoint, tmp_path,
-                                                                               capsys):
+def test_eval_command_on_a_finished_version_writes_scores_and_mmau_predictions(dataflux_home, tiny_checkpoint,
+                                                                               tmp_path, capsys):
     from cli.main import main
 
     rows = pitch_rows(5, splits=("test", "test", "test", "train"))
     vid = finished_version(dataflux_home, rows)
     out = tmp_path / "results.json"
-    assert main(["eval", "--checkpoint", str(checkpoint), "--version", vid, "--out", str(out),
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--version", vid, "--out", str(out),
                  "--max-new-tokens", "4", "--quiet"]) == 0
     result = json.loads(out.read_text())
     assert (result["version"], result["split"], result["n"]) == (vid, "test", 3)
@@ -373,19 +317,19 @@ def test_eval_command_on_a_finished_version_writes_scores_and_mmau_predictions(d
     assert all("model_prediction" in p for p in preds)
     assert "MMAU-style" in capsys.readouterr().out
 
-    assert main(["eval", "--checkpoint", str(checkpoint), "--version", vid, "--split", "validation"]) == 2
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--version", vid, "--split", "validation"]) == 2
     assert "no rows in split 'validation'" in capsys.readouterr().err
 
 
-def test_eval_command_refuses_a_draft_version(dataflux_home, checkpoint, capsys):
+def test_eval_command_refuses_a_draft_version(dataflux_home, tiny_checkpoint, capsys):
     from cli.main import main
 
     vid = finished_version(dataflux_home, pitch_rows(2, splits=("test",)), finalize=False)
-    assert main(["eval", "--checkpoint", str(checkpoint), "--version", vid]) == 2
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--version", vid]) == 2
     assert "draft" in capsys.readouterr().err
 
 
-def test_eval_command_on_mmau_json_with_zeroed_audio(checkpoint, tmp_path, capsys):
+def test_eval_command_on_mmau_json_with_zeroed_audio(tiny_checkpoint, tmp_path, capsys):
     from cli.main import main
 
     (tmp_path / "audio" / "test-mini-audios").mkdir(parents=True)
@@ -396,10 +340,11 @@ def test_eval_command_on_mmau_json_with_zeroed_audio(checkpoint, tmp_path, capsy
     mmau = tmp_path / "mmau-test-mini.json"
     mmau.write_text(json.dumps(items))
     preds = tmp_path / "answered.json"
-    assert main(["eval", "--checkpoint", str(checkpoint), "--mmau", str(mmau), "--audio-dir", str(tmp_path / "audio"),
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--mmau", str(mmau),
+                 "--audio-dir", str(tmp_path / "audio"),
                  "--predictions", str(preds), "--zero-audio", "--max-new-tokens", "4", "--quiet"]) == 0
     answered = load_mmau_items(preds)
     assert [a["id"] for a in answered] == ["q0", "q1"] and all("model_prediction" in a for a in answered)
     assert "audio zeroed" in capsys.readouterr().out
-    assert main(["eval", "--checkpoint", str(checkpoint), "--mmau", str(mmau)]) == 2
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--mmau", str(mmau)]) == 2
     assert "--audio-dir" in capsys.readouterr().err
