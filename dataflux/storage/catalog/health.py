@@ -41,8 +41,10 @@ def problem(path: str | os.PathLike[str]) -> str | None:
         return f"it is not a DuckDB database ({size} bytes without DuckDB's header)"
     try:
         con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
+    except duckdb.IOException as exc:
         return None if is_lock_conflict(exc) else f"DuckDB cannot open it ({one_line(exc)})"
+    except duckdb.Error:  # open in this process under another configuration: not the file's fault
+        return None
     try:
         block_size, blocks = con.execute("SELECT block_size, total_blocks FROM pragma_database_size()").fetchone()
         con.execute("SELECT count(*) FROM duckdb_tables()").fetchall()
