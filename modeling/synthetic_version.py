@@ -13,6 +13,11 @@ import io
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+
+from dataflux.storage.catalog import Catalog
+from dataflux.storage.example_row import make_example_row
+from dataflux.storage.shards import shard_path, write_shard
 
 PITCHES = ("110 Hz", "220 Hz", "440 Hz", "880 Hz")
 QUESTION = "What is the approximate pitch of the tone in this recording?"
@@ -21,8 +26,6 @@ SPLIT_CYCLE = ("train", "train", "train", "validation", "test")
 
 def tone_wav(freq_hz: float, seconds: float, level: float = 0.3, sampling_rate: int = 16000) -> bytes:
     """16-bit PCM WAV bytes of a sine tone with 10 ms fades."""
-    import soundfile as sf
-
     n = int(seconds * sampling_rate)
     t = np.arange(n) / sampling_rate
     y = level * np.sin(2 * np.pi * freq_hz * t)
@@ -38,8 +41,6 @@ def tone_wav(freq_hz: float, seconds: float, level: float = 0.3, sampling_rate: 
 
 def tone_rows(n_clips: int, seed: int = 0, min_seconds: float = 0.3, max_seconds: float = 1.5) -> list[dict]:
     """`n_clips` rows, one question per clip; splits cycle train, train, train, validation, test."""
-    from dataflux.storage.example_row import make_example_row
-
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n_clips):
@@ -69,9 +70,6 @@ def write_tone_version(
 ) -> str:
     """Write `n_clips` tone rows into `n_shards` shards of a new version; finalize it unless asked
     not to (a draft). Returns the version id."""
-    from dataflux.storage.catalog import Catalog
-    from dataflux.storage.shards import shard_path, write_shard
-
     catalog = Catalog(catalog_path)
     version = catalog.create_version("tones")
     rows = tone_rows(n_clips, seed, **row_kwargs)

@@ -75,20 +75,7 @@ class BucketBatchSampler:
             if not isinstance(epochs, int) or epochs < 1:
                 raise ValueError(f"category_stages[{i}].epochs must be an integer >= 1, got {epochs!r}")
             self.stage_of_epoch += [dict(stage.get("category_weights") or {})] * epochs
-        held = set(index.l3[self.positions])
-        for where, weights in [("category_weights", self.category_weights)] + [
-                (f"category_stages (epoch {e})", w) for e, w in enumerate(self.stage_of_epoch)]:
-            # A taxonomy category these rows lack (a preset on a small version) draws nothing; a
-            # name that is no category at all is a mistake. The taxonomy is read only for such names.
-            unknown = sorted(set(weights) - held)
-            if unknown:
-                unknown = sorted(set(unknown) - _taxonomy_categories())
-            if unknown:
-                raise ValueError(f"{where} names {unknown}, which the rows do not hold; "
-                                 f"categories here: {sorted(held)}")
-            bad = {k: v for k, v in weights.items() if not (float(v) > 0)}
-            if bad:
-                raise ValueError(f"{where}: weights must be > 0, got {bad}")
+        self._check_category_weights()
         if not float(hard_example_weight) > 0:
             raise ValueError(f"hard_example_weight must be > 0, got {hard_example_weight}")
         wrong = index.model_correct is not None and bool(np.any(index.model_correct[self.positions] == False))  # noqa: E712
@@ -102,6 +89,23 @@ class BucketBatchSampler:
             raise ValueError(f"task_weights: weights must be > 0 (leave a task out of training with "
                              f"train.task_weights {{task: 0}} in the config), got {bad}")
         self._plans: dict[int, list[np.ndarray]] = {}
+
+    def _check_category_weights(self) -> None:
+        """Every mixture weight (category_weights and each curriculum stage's) names a category and is > 0.
+        A taxonomy category these rows lack (a preset on a small version) draws nothing; a name that
+        is no category at all is a mistake. The taxonomy is read only for such names."""
+        held = set(self.index.l3[self.positions])
+        for where, weights in [("category_weights", self.category_weights)] + [
+                (f"category_stages (epoch {e})", w) for e, w in enumerate(self.stage_of_epoch)]:
+            unknown = sorted(set(weights) - held)
+            if unknown:
+                unknown = sorted(set(unknown) - _taxonomy_categories())
+            if unknown:
+                raise ValueError(f"{where} names {unknown}, which the rows do not hold; "
+                                 f"categories here: {sorted(held)}")
+            bad = {k: v for k, v in weights.items() if not (float(v) > 0)}
+            if bad:
+                raise ValueError(f"{where}: weights must be > 0, got {bad}")
 
     def _row_weights(self, pool: np.ndarray) -> np.ndarray:
         """Draw weight of each position: hard_example_weight for a row our model got wrong, else 1."""
