@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from dataflux.yaml_io import read_yaml
+from dataflux.yaml_io import cut, read_yaml
 from modeling.data import TASKS
 from modeling.lora import DEFAULT_TARGETS
 
@@ -126,11 +126,6 @@ class TrainConfig:
     name: str = "run"
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], origin: str = "<config>") -> TrainConfig:
-        """A config from a plain document ({model, train, name}), type-checked against the dataclasses."""
-        return typed_config(OmegaConf.create(_escaped(doc)), origin)
-
-    @classmethod
     def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         """Read a YAML preset and apply `section.key=value` overrides (values parsed as YAML)."""
         return load_config(path, overrides)
@@ -203,8 +198,8 @@ def typed_config(doc: DictConfig, origin: str) -> TrainConfig:
     for name in MIXTURES:
         value = train.get(name) if isinstance(train, DictConfig) else None
         if value is not None and not isinstance(value, DictConfig):
-            raise ValueError(f"{origin}: train.{name}: expected a mapping category -> weight, got "
-                             f"{OmegaConf.to_container(value) if OmegaConf.is_config(value) else value!r}")
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ValueError(f"{origin}: train.{name}: expected a mapping category -> weight, got {cut(repr(shown))}")
     for section in ("model", "train"):
         if doc.get(section) is None:
             doc[section] = {}
@@ -218,7 +213,7 @@ def typed_config(doc: DictConfig, origin: str) -> TrainConfig:
         raise ValueError(f"{origin}: {section}: unknown key(s) {[key.split('.')[0]]}; known: {known}") from None
     except OmegaConfBaseException as e:
         key = str(getattr(e, "full_key", "") or "")
-        why = str(e).splitlines()[0]
+        why = cut(str(e).splitlines()[0], 300)  # the message quotes the value, which may be long
         if any(key.startswith(f"train.{name}.") for name in MIXTURES):
             why = f"weights must be numbers ({why})"
             key = key.rsplit(".", 1)[0]
