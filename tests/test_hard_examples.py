@@ -12,6 +12,7 @@ import pytest
 from dataflux.loop import LoopConfig, build_reference_steps, model_correct, run_clip
 from dataflux.steps.base import Answer, Call
 from modeling.data import BucketBatchSampler, VersionIndex, build_loader, version_shard_paths
+from tests.helpers.hand_clips import CATS, TAX, TRUE, make_clip
 
 WRONG, RIGHT, UNASKED = range(0, 20), range(20, 90), range(90, 100)
 
@@ -127,15 +128,13 @@ def test_model_correct_is_our_local_answerers_verdict_on_the_final_answer():
     assert model_correct([_answer("local", None)], 1) is False  # no option named: wrong
 
 
-def test_rows_record_whether_a_trained_checkpoint_answered_right(tmp_path):
+def test_rows_record_whether_a_trained_checkpoint_answered_right(tiny_checkpoint):
     """A real (untrained) checkpoint answers beside the reference answerers; every kept row says
     whether it picked the row's answer, and rows without it say None."""
-    from tests.test_loop import CATS, TAX, TRUE, make_clip
     from dataflux.llm.local import LocalCheckpointAnswerer
 
-    path = _tiny_checkpoint(tmp_path)
     steps = build_reference_steps(TAX)
-    steps.answerers.append(LocalCheckpointAnswerer("ours", path, max_new_tokens=6))
+    steps.answerers.append(LocalCheckpointAnswerer("ours", tiny_checkpoint, max_new_tokens=6))
     rows, rejects = asyncio.run(run_clip(make_clip(dict(TRUE)), CATS, steps, LoopConfig()))
     assert rows and not rejects
     for r in rows:
@@ -144,26 +143,3 @@ def test_rows_record_whether_a_trained_checkpoint_answered_right(tmp_path):
         assert r["model_correct"] == (ours[0]["answer_index"] == r["answer_index"])
     plain, _ = asyncio.run(run_clip(make_clip(dict(TRUE)), CATS, build_reference_steps(TAX), LoopConfig()))
     assert all(r["model_correct"] is None for r in plain)
-
-
-def _tiny_checkpoint(root):
-    import torch
-
-    from modeling.configuration import EurekaAudioConfig
-    from modeling.model import EurekaAudioForCausalLM
-    from modeling.processor import EurekaAudioProcessor
-    from modeling.tokenizer import train_small_tokenizer
-
-    texts = ["<audio>\nWhat is the approximate pitch of the tone?\n(A) 110 Hz\n(B) 220 Hz\n(C) 440 Hz", "(C) 440 Hz"]
-    processor = EurekaAudioProcessor(train_small_tokenizer(texts, vocab_size=300), n_mels=16, chunk_mel_frames=100)
-    torch.manual_seed(0)
-    config = EurekaAudioConfig(
-        encoder_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                            max_source_positions=50, num_mel_bins=16),
-        llm_config=dict(model_type="qwen3", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, head_dim=16, intermediate_size=64, vocab_size=len(processor.tokenizer)),
-        n_experts=4, expert_hidden=32, **processor.audio_ids)
-    path = root / "ours-v1"
-    EurekaAudioForCausalLM(config).eval().save_pretrained(path)
-    processor.save_pretrained(path)
-    return path

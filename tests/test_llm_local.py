@@ -6,7 +6,6 @@ import asyncio
 
 import numpy as np
 import pytest
-import torch
 
 from dataflux.llm.backends import build_openai_step
 from dataflux.llm.local import LocalCheckpointAnswerer, checkpoint_id, parse_choice
@@ -14,33 +13,11 @@ from dataflux.records import Clip, SourceItem
 from dataflux.steps import base
 from dataflux.steps.base import Call, Caption, Question
 from dataflux.taxonomy import load_taxonomy
+from modeling.answer import AudioLM
+from modeling.eval import format_prompt
 
 QUESTION = Question("What is the approximate pitch of the tone in this recording?",
                     ["110 Hz", "220 Hz", "440 Hz", "880 Hz"], 2)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from modeling.configuration import EurekaAudioConfig
-    from modeling.model import EurekaAudioForCausalLM
-    from modeling.processor import EurekaAudioProcessor
-    from modeling.tokenizer import train_small_tokenizer
-
-    options = "\n".join(f"({'ABCD'[j]}) {c}" for j, c in enumerate(QUESTION.choices))
-    texts = [f"<audio>\n{QUESTION.question}\n{options}", "(C) 440 Hz"]
-    processor = EurekaAudioProcessor(train_small_tokenizer(texts, vocab_size=400), n_mels=16, chunk_mel_frames=100)
-    torch.manual_seed(0)
-    config = EurekaAudioConfig(
-        encoder_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                            max_source_positions=50, num_mel_bins=16),
-        llm_config=dict(model_type="qwen3", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, head_dim=16, intermediate_size=64,
-                        vocab_size=len(processor.tokenizer)),
-        n_experts=4, expert_hidden=32, **processor.audio_ids)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-v1"
-    EurekaAudioForCausalLM(config).eval().save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def _clip() -> Clip:
@@ -49,30 +26,34 @@ def _clip() -> Clip:
     return Clip(SourceItem("demo", "c"), "b" * 64, samples, 16000, 16000, {}, {})
 
 
-def test_local_checkpoint_answers_through_the_answerer_interface(checkpoint):
-    answerer = build_openai_step("answer", {"name": "ours_v1", "backend": "local", "checkpoint": str(checkpoint),
+def test_local_checkpoint_answers_through_the_answerer_interface(tiny_checkpoint):
+    answerer = build_openai_step("answer", {"name": "ours_v1", "backend": "local", "checkpoint": str(tiny_checkpoint),
                                             "max_tokens": 8}, {})
     assert isinstance(answerer, LocalCheckpointAnswerer) and isinstance(answerer, base.Answerer)
     caption = Caption("A tone.", Call("caption", "reference", "r"))
     ans = asyncio.run(answerer.answer(_clip(), caption, QUESTION, load_taxonomy().leaf("tone_pitch")))
     assert ans.answerer == "ours_v1" and ans.sees_audio
-    assert ans.call.backend == "local" and ans.call.model == checkpoint_id(checkpoint)
+    assert ans.call.backend == "local" and ans.call.model == checkpoint_id(tiny_checkpoint)
     assert ans.call.model.startswith("tiny-v1@") and ans.call.tokens_in > 20 and 1 <= ans.call.tokens_out <= 8
-    assert ans.answer_index in (None, 0, 1, 2, 3)
+    # the answer is the option the model's own reply names, as the one answering function gives that reply
+    said = AudioLM.from_checkpoint(tiny_checkpoint, "cpu", 8).answer(_clip().samples,
+                                                                     format_prompt(QUESTION.question, QUESTION.choices))
+    assert ans.answer_index == parse_choice(said, QUESTION.choices)
     assert ans.answer_text == (QUESTION.choices[ans.answer_index] if ans.answer_index is not None else None)
+    assert ans.reasoning == (f"The trained model answered {said!r}." if said else "The trained model gave no answer.")
     # greedy decoding: asking again gives the same answer
     again = asyncio.run(answerer.answer(_clip(), caption, QUESTION, load_taxonomy().leaf("tone_pitch")))
     assert (again.reasoning, again.answer_index) == (ans.reasoning, ans.answer_index)
 
 
-def test_checkpoint_id_changes_with_the_weights(checkpoint, tmp_path):
+def test_checkpoint_id_changes_with_the_weights(tiny_checkpoint, tmp_path):
     import shutil
     copy = tmp_path / "tiny-v1"
-    shutil.copytree(checkpoint, copy)
-    assert checkpoint_id(copy) == checkpoint_id(checkpoint)
+    shutil.copytree(tiny_checkpoint, copy)
+    assert checkpoint_id(copy) == checkpoint_id(tiny_checkpoint)
     weights = next(p for p in copy.iterdir() if p.suffix == ".safetensors")
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
-    assert checkpoint_id(copy) != checkpoint_id(checkpoint)
+    assert checkpoint_id(copy) != checkpoint_id(tiny_checkpoint)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from modeling.answer import AudioLM, load_checkpoint
-from modeling.configuration import EurekaAudioConfig
 from modeling.model import EurekaAudioForCausalLM
 from modeling.processor import EurekaAudioProcessor
-from modeling.tokenizer import train_small_tokenizer
 
 PROMPT = "<audio>\nWhat is the approximate pitch of the tone?\n(A) 110 Hz\n(B) 220 Hz\n(C) 440 Hz\n(D) 880 Hz"
 
@@ -17,24 +15,6 @@ PROMPT = "<audio>\nWhat is the approximate pitch of the tone?\n(A) 110 Hz\n(B) 2
 def _clip(seconds: float, freq: float) -> np.ndarray:
     t = np.arange(int(seconds * 16000)) / 16000
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    processor = EurekaAudioProcessor(train_small_tokenizer([PROMPT, "(C) 440 Hz"], vocab_size=300),
-                                     n_mels=16, chunk_mel_frames=100)
-    torch.manual_seed(0)
-    config = EurekaAudioConfig(
-        encoder_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                            max_source_positions=50, num_mel_bins=16),
-        llm_config=dict(model_type="qwen3", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, head_dim=16, intermediate_size=64,
-                        vocab_size=len(processor.tokenizer)),
-        n_experts=4, expert_hidden=32, **processor.audio_ids)
-    path = tmp_path_factory.mktemp("answer") / "tiny"
-    EurekaAudioForCausalLM(config).eval().save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def _by_hand(path, clip: np.ndarray, prompt: str, max_new_tokens: int) -> tuple[str, int, torch.Tensor]:
@@ -46,20 +26,20 @@ def _by_hand(path, clip: np.ndarray, prompt: str, max_new_tokens: int) -> tuple[
     return processor.decode(new[0]), int(batch["input_ids"].shape[-1]), new[0]
 
 
-def test_answer_is_what_the_model_and_processor_generate_by_hand(checkpoint):
-    lm = AudioLM.from_checkpoint(checkpoint, device="cpu", max_new_tokens=6)
+def test_answer_is_what_the_model_and_processor_generate_by_hand(tiny_checkpoint):
+    lm = AudioLM.from_checkpoint(tiny_checkpoint, device="cpu", max_new_tokens=6)
     clip = _clip(0.5, 440.0)
-    text, prompt_tokens, new = _by_hand(checkpoint, clip, PROMPT, 6)
+    text, prompt_tokens, new = _by_hand(tiny_checkpoint, clip, PROMPT, 6)
     reply = lm.reply_batch([(clip, PROMPT)])[0]
     assert reply.text == text == lm.answer(clip, PROMPT)
     assert reply.prompt_tokens == prompt_tokens and reply.new_tokens == new.shape[-1]
     # a prompt without the placeholder gets it in front, as `dataflux generate` always did
     bare = PROMPT.removeprefix("<audio>")
-    assert lm.answer(clip, bare) == _by_hand(checkpoint, clip, "<audio>" + bare, 6)[0]
+    assert lm.answer(clip, bare) == _by_hand(tiny_checkpoint, clip, "<audio>" + bare, 6)[0]
 
 
-def test_a_batch_answers_each_prompt_as_it_would_alone(checkpoint):
-    lm = AudioLM.from_checkpoint(checkpoint, device="cpu", max_new_tokens=5)
+def test_a_batch_answers_each_prompt_as_it_would_alone(tiny_checkpoint):
+    lm = AudioLM.from_checkpoint(tiny_checkpoint, device="cpu", max_new_tokens=5)
     pairs = [(_clip(0.3, 220.0), PROMPT), (_clip(1.1, 880.0), PROMPT + "\nAnswer with a letter.")]
     together = lm.reply_batch(pairs)
     alone = [lm.reply_batch([p])[0] for p in pairs]
@@ -68,8 +48,8 @@ def test_a_batch_answers_each_prompt_as_it_would_alone(checkpoint):
     assert lm.predict(pairs) == [r.text for r in alone]
 
 
-def test_answering_puts_a_training_model_back_in_training_mode(checkpoint):
-    model, processor = load_checkpoint(checkpoint, device="cpu")
+def test_answering_puts_a_training_model_back_in_training_mode(tiny_checkpoint):
+    model, processor = load_checkpoint(tiny_checkpoint, device="cpu")
     model.train()
     AudioLM(model, processor, max_new_tokens=2).answer(_clip(0.4, 440.0), PROMPT)
     assert model.training

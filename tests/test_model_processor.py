@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from modeling.configuration import EurekaAudioConfig
 from modeling.model import EurekaAudioForCausalLM
 from modeling.processor import IGNORE_INDEX, EurekaAudioProcessor
 from modeling.tokenizer import CHATML_TEMPLATE, train_small_tokenizer
+from tests.helpers.tiny_model import tiny_model
 
 QUESTIONS = [
     "What is the approximate pitch of the tone in this recording?",
@@ -33,25 +33,13 @@ def processor() -> EurekaAudioProcessor:
     return EurekaAudioProcessor(train_small_tokenizer(texts, vocab_size=400), n_mels=16, chunk_mel_frames=100)
 
 
-def _model(processor) -> EurekaAudioForCausalLM:
-    torch.manual_seed(0)
-    config = EurekaAudioConfig(
-        encoder_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                            max_source_positions=50, num_mel_bins=16),
-        llm_config=dict(model_type="qwen3", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, head_dim=16, intermediate_size=64, vocab_size=len(processor.tokenizer)),
-        n_experts=4, expert_hidden=32, **processor.audio_ids,
-    )
-    return EurekaAudioForCausalLM(config).eval()
-
-
 def _clip(seconds: float, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(seconds * 16000)) / 16000
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 def test_placeholder_expands_to_the_token_count_the_model_produces(processor):
-    model = _model(processor)
+    model = tiny_model(processor)
     clips = [_clip(0.7), _clip(2.3), _clip(0.05)]  # 2.3 s spans three 1 s encoder windows
     batch = processor([_conversation(i) for i in range(3)], clips, add_generation_prompt=False)
     _, token_lengths, _ = model.encode_audio(batch["input_features"], batch["feature_lengths"])
@@ -116,7 +104,7 @@ def test_saved_processor_reloads_to_the_same_encoding(processor, tmp_path):
 def test_auto_classes_load_a_saved_checkpoint_and_expand_placeholders_as_the_original(processor, tmp_path):
     from transformers import AutoModelForCausalLM, AutoProcessor
 
-    model = _model(processor)
+    model = tiny_model(processor)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "processor_config.json").read_text())
