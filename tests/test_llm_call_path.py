@@ -250,6 +250,49 @@ def test_http1_pool_opens_at_most_max_connections():
     assert state["connections"] == 2
 
 
+def test_http1_caps_a_header_block_that_arrives_whole_and_never_reuses_a_connection_with_extra_bytes():
+    """httptools hands over a header only once it ends, and parses on past the end of a reply:
+    a 70 KB header that arrives in one piece is refused all the same, and a second reply nobody
+    asked for (in the same packet) leaves the connection closed, not reused for the next request."""
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    big = b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000 + b"\r\ncontent-length: 2\r\n\r\nok"
+
+    async def main():
+        server, port, state = await scripted_server([big, ok + b"HTTP/1.1 200 OK\r\n", ok], close_after_each=False)
+        async with server:
+            pool = Http1Pool("http", "127.0.0.1", port)
+            with pytest.raises(ConnectionError) as refused:
+                await pool.post("/", b"1", {})
+            replies = [await pool.post("/", b"%d" % i, {}) for i in (2, 3)]
+            pool.close()
+            await asyncio.sleep(0.05)
+        return str(refused.value), replies, state
+
+    refused, replies, state = asyncio.run(main())
+    assert "ran past 64 KiB" in refused, refused
+    assert [r[2] for r in replies] == [b"ok", b"ok"]
+    assert state["connections"] == 3  # refused, then the one with extra bytes, then a fresh one
+
+
+def test_http1_a_sized_or_chunked_body_cut_short_by_the_close_is_an_error_not_a_short_reply():
+    sized = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok"
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nok"
+
+    async def main():
+        server, port, _ = await scripted_server([sized, chunked], close_after_each=True)
+        async with server:
+            pool = Http1Pool("http", "127.0.0.1", port)
+            errors = []
+            for i in range(2):
+                with pytest.raises(ConnectionError) as err:
+                    await pool.post("/", b"%d" % i, {})
+                errors.append(str(err.value))
+            pool.close()
+        return errors
+
+    assert asyncio.run(main()) == ["the server closed the connection before the reply ended"] * 2
+
+
 CAP = 1 << 20  # a small body cap, so an endless body is refused fast
 
 

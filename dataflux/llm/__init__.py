@@ -4,7 +4,7 @@
 - `client`     `LLMClient`/`EndpointPool`: concurrency limit, retries honouring Retry-After, timeouts,
                structured output with one repair, call cache, budget, counters
 - `replies`    what an HTTP status and body mean for a call: retry, give up, or read the completion
-- `transport`, `http1`: HTTP to an endpoint (h11 under caps on header and body size, idle expiry)
+- `transport`, `http1`: HTTP to an endpoint (httptools under caps on header and body size, idle expiry)
 - `structured` response_format per server kind, JSON parsing and schema validation
 - `prompts`    the versioned templates in `dataflux/prompts/` and their hashes
 - `messages`   audio as `input_audio` or `audio_url` content parts

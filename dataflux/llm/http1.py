@@ -1,12 +1,14 @@
-"""HTTP/1.1 for JSON POSTs over keep-alive connections, one bounded pool per event loop, on h11.
+"""HTTP/1.1 for JSON POSTs over keep-alive connections, one bounded pool per event loop, on httptools.
 
 Model calls are small JSON requests answered with small JSON replies, thousands a second against
-a local inference server. h11 (the HTTP/1.1 state machine under httpx and uvicorn) reads and
-writes the messages, incrementally: a chunked body is decoded once, as it arrives. Around it,
-this module holds what a client needs against a server it does not control:
+a local inference server. httptools (llhttp, the C parser under uvicorn and Node.js) reads the
+replies, incrementally: a chunked body is decoded once, as it arrives. A request is one bytes
+buffer: its head (checked once per path and header set: no CR/LF smuggled into a value) and body.
+Around the parser, this module holds what a client needs against a server it does not control:
 - caps: a header block over `max_header_bytes` or a body over `max_body_bytes` ends the request
-  with `ReplyTooLarge` after at most that much was buffered (a `Content-Length` over the cap
-  fails before any of the body is read), so an endless header or a 10 GB body costs no memory;
+  with `ReplyTooLarge` after at most that much was buffered (httptools holds a header until it
+  ends, so the header cap counts the bytes read; a `Content-Length` over the cap fails before any
+  of the body is read), so an endless header or a 10 GB body costs no memory;
 - idle expiry: a connection left idle for `idle_s` is closed, not reused;
 - a bounded pool: at most `max_connections` requests (so connections) at once per loop; more wait.
 
@@ -28,7 +30,7 @@ import collections
 import ssl
 from typing import Mapping
 
-import h11
+import httptools
 
 MAX_HEADER_BYTES = 64 * 1024  # status line and headers of one reply
 MAX_BODY_BYTES = 32 * 1024 * 1024  # one reply body: a chat completion is kilobytes
@@ -52,17 +54,25 @@ def size_text(n: int) -> str:
 
 
 class _Connection(asyncio.Protocol):
-    """One connection, one request at a time."""
+    """One connection, one request at a time; httptools' parser calls the `on_*` methods as the
+    reply's parts arrive."""
 
     def __init__(self, max_header_bytes: int, max_body_bytes: int) -> None:
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self.parser = httptools.HttpResponseParser(self)
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future | None = None
         self.closed = False
+        self.keep_alive = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.error: Exception | None = None  # what a callback raised, to report instead of httptools' wrapper
         self.got_bytes = False
-        self.idle_since = 0.0
+        self.head_done = False  # the headers of the final (non-1xx) reply were read
+        self.head_bytes = 0  # bytes read before the final reply's headers ended, interim replies included
+        self.header_bytes = 0  # the same, counted from the headers the parser handed over
         self.status = 0
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
@@ -78,8 +88,22 @@ class _Connection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection cannot be trusted for the next request
             return
         self.got_bytes = True
-        self.h11.receive_data(data)
-        self._read_events()
+        if not self.head_done:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ConnectionDropped("the server switched protocols (101 or Upgrade) on a JSON "
+                                         "request: refused", any_reply=True))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(self.error or ConnectionDropped(f"malformed HTTP reply: {exc}", any_reply=True))
+            return
+        if not self.head_done and self.head_bytes > self.max_header_bytes:
+            # httptools buffers a header it has not seen the end of: the cap is on the bytes read
+            self._fail(ReplyTooLarge(f"the reply's status line and headers ran past "
+                                     f"{size_text(self.max_header_bytes)} without ending: the server is "
+                                     "broken or hostile; refused"))
 
     def eof_received(self) -> bool:
         self._lost("the server closed the connection")
@@ -92,57 +116,61 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            if self.got_bytes:  # a reply without a length ends where the connection does
-                self.h11.receive_data(b"")
-                self._read_events()
-            if not self.waiter.done():
-                self.waiter.set_exception(ConnectionDropped(why, any_reply=self.got_bytes))
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.head_done and self._ends_with_connection():
+            waiter.set_result((self.status, self.headers, b"".join(self.body)))
+        else:
+            waiter.set_exception(ConnectionDropped(f"{why} before the reply ended" if self.got_bytes else why,
+                                                   any_reply=self.got_bytes))
 
-    # -- reading a reply ----------------------------------------------------------------------
+    def _ends_with_connection(self) -> bool:
+        """A reply with neither a length nor chunks: its body is what came before the close."""
+        return "content-length" not in self.headers and "chunked" not in self.headers.get("transfer-encoding", "")
 
-    def _read_events(self) -> None:
-        try:
-            while True:
-                event = self.h11.next_event()
-                kind = type(event)
-                if kind is h11.Data:
-                    self._on_data(event.data)
-                elif kind is h11.Response:
-                    self._on_response(event)
-                elif kind is h11.EndOfMessage:
-                    self.waiter.set_result((self.status, self.headers, b"".join(self.body)))
-                    return
-                elif event is h11.NEED_DATA or event is h11.PAUSED or kind is h11.ConnectionClosed:
-                    return
-                # h11.InformationalResponse (100 Continue, 103 Early Hints): wait for the real reply
-        except h11.RemoteProtocolError as exc:
-            if exc.error_status_hint == 431:
-                self._fail(ReplyTooLarge(f"the reply's status line and headers ran past "
-                                         f"{size_text(self.max_header_bytes)} without ending: the server is "
-                                         "broken or hostile; refused"))
-            else:
-                self._fail(ConnectionDropped(f"malformed HTTP reply: {exc}", any_reply=True))
-        except ReplyTooLarge as exc:
-            self._fail(exc)
+    # -- parser callbacks (an exception raised here comes back out of feed_data) --------------
 
-    def _on_response(self, event: h11.Response) -> None:
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in event.headers:
-            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        self.status, self.headers = event.status_code, headers
-        length = headers.get("content-length")
-        if length is not None and int(length) > self.max_body_bytes:
-            raise ReplyTooLarge(f"the reply declares a body of {int(length):,} bytes (Content-Length), over "
-                                f"the {size_text(self.max_body_bytes)} cap: refused before reading it")
+    def on_message_begin(self) -> None:
+        if self.head_done:  # a second reply after the one asked for: the connection is not reused
+            self.keep_alive = False
+        self.headers = {}
 
-    def _on_data(self, data: bytes) -> None:
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes:  # a block that ended, read in one piece
+            self._raise(ReplyTooLarge(f"the reply's status line and headers ran past "
+                                      f"{size_text(self.max_header_bytes)}: refused"))
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers = self.headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            return  # 100 Continue, 103 Early Hints: wait for the real reply
+        self.status, self.head_done = status, True
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            self._raise(ReplyTooLarge(f"the reply declares a body of {int(length):,} bytes (Content-Length), "
+                                      f"over the {size_text(self.max_body_bytes)} cap: refused before reading it"))
+
+    def on_body(self, data: bytes) -> None:
         self.body_bytes += len(data)
         if self.body_bytes > self.max_body_bytes:
-            raise ReplyTooLarge(f"the reply body ran past the {size_text(self.max_body_bytes)} cap "
-                                "(chunked or unsized): refused")
+            self._raise(ReplyTooLarge(f"the reply body ran past the {size_text(self.max_body_bytes)} cap "
+                                      "(chunked or unsized): refused"))
         self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        if not self.head_done or self.waiter.done():
+            return  # an interim reply ended, or one nobody asked for (see on_message_begin)
+        self.keep_alive = self.parser.should_keep_alive()
+        self.waiter.set_result((self.status, self.headers, b"".join(self.body)))
+
+    def _raise(self, exc: Exception) -> None:
+        self.error = exc
+        raise exc
 
     def _fail(self, exc: Exception) -> None:
         if not self.waiter.done():
@@ -152,10 +180,8 @@ class _Connection(asyncio.Protocol):
     # -- requests -----------------------------------------------------------------------------
 
     def reusable(self) -> bool:
-        """The reply ended, both sides keep the connection alive and nothing extra came after it."""
-        conn = self.h11
-        return (not self.closed and conn.our_state is h11.DONE and conn.their_state is h11.DONE
-                and not conn.trailing_data[0])
+        """The reply ended, the server keeps the connection alive and nothing came after it."""
+        return not self.closed and self.keep_alive
 
     def close(self) -> None:
         self.closed = True
@@ -163,23 +189,33 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def send(self, request: bytes) -> asyncio.Future:
-        self.got_bytes = False
-        self.body, self.body_bytes = [], 0
+        self._reset()
+        self.keep_alive = False  # until this reply ends and says so
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self.waiter
 
-    def announce(self, request: h11.Request) -> None:
-        """Tell h11 a request went out, so it reads the reply that is due (h11 is the reply
-        parser and the connection's state; the pool writes the request's bytes itself)."""
-        conn = self.h11
-        if conn.our_state is h11.DONE:
-            conn.start_next_cycle()
-        conn.send(request)
-        conn.send(_END)
+
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
-_END = h11.EndOfMessage()
+def request_head(path: str, headers: Mapping[str, str]) -> bytes:
+    """`POST path HTTP/1.1` and the header lines, as bytes. A path or header that would break the
+    message (a space or control character in the path, a name that is not a token, CR, LF or NUL
+    in a value: request smuggling) is refused with ValueError naming it."""
+    if not (path and path.isascii() and path.isprintable() and " " not in path):
+        raise ValueError(f"request path {path!r}: must not be empty or hold spaces, control or non-ASCII "
+                         "characters (percent-encode them)")
+    lines = [b"POST ", path.encode("ascii"), b" HTTP/1.1\r\n"]
+    for name, value in headers.items():
+        text = str(value).strip()
+        if not (name.isascii() and name and _TOKEN.issuperset(name.encode("ascii"))):
+            raise ValueError(f"request header name {name!r}: not an HTTP token (letters, digits, -)")
+        if not text.isascii() or "\r" in text or "\n" in text or "\0" in text:
+            raise ValueError(f"request header {name}: its value holds CR, LF, NUL or non-ASCII "
+                             "characters; refused")
+        lines += (name.encode("ascii"), b": ", text.encode("ascii"), b"\r\n")
+    return b"".join(lines)
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -210,7 +246,7 @@ class Http1Pool:
         self._ssl = _tls_context() if scheme == "https" else None
         self._idle: collections.deque[_Connection] = collections.deque()  # oldest first
         self._slots = asyncio.Semaphore(max_connections)
-        self._heads: dict[tuple, tuple[h11.Request, bytes]] = {}
+        self._heads: dict[tuple, bytes] = {}
         self.opened = 0  # connections opened so far
 
     async def _open(self) -> _Connection:
@@ -232,32 +268,27 @@ class Http1Pool:
                 return conn
         return None
 
-    def _head(self, path: str, headers: Mapping[str, str]) -> tuple[h11.Request, bytes]:
-        """The h11 event and the bytes of a request head, up to its Content-Length, made once per
-        path and header set: h11 validates the headers (no CR/LF smuggled into a value) when the
-        event is made, not again per request (~30 us each)."""
+    def _head(self, path: str, headers: Mapping[str, str]) -> bytes:
+        """The bytes of a request head, up to its Content-Length, checked and made once per path
+        and header set (headers that change per request are checked each time; the cache stays
+        bounded)."""
         key = (path, *headers.items())
-        entry = self._heads.get(key)
-        if entry is None:
-            fields = [("Host", self.host_header), *headers.items()]
-            # No Content-Length in the event: its length is written per request, with the body.
-            event = h11.Request(method="POST", target=path, headers=fields)
-            head = b"".join([b"POST ", event.target, b" HTTP/1.1\r\n",
-                             *(name + b": " + value + b"\r\n" for name, value in event.headers.raw_items())])
-            if len(self._heads) >= 64:  # headers that change per request: stay bounded
+        head = self._heads.get(key)
+        if head is None:
+            head = request_head(path, {"Host": self.host_header, **headers})
+            if len(self._heads) >= 64:
                 self._heads.clear()
-            entry = self._heads[key] = (event, head)
-        return entry
+            head = self._heads[key] = head
+        return head
 
     async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
         """(status, lower-case headers, body). Raises ConnectionError (`ReplyTooLarge` past a cap)
         or OSError; the caller bounds the time (a cancelled request closes its connection)."""
-        event, head = self._head(path, headers)
-        request = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        request = b"%sContent-Length: %d\r\n\r\n%s" % (self._head(path, headers), len(body), body)
         async with self._slots:
-            return await self._post(event, request)
+            return await self._post(request)
 
-    async def _post(self, event: h11.Request, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    async def _post(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
         loop = asyncio.get_running_loop()
         while True:
             conn = self._take_idle(loop.time())
@@ -265,7 +296,6 @@ class Http1Pool:
             if conn is None:
                 conn = await self._open()
             try:
-                conn.announce(event)
                 reply = await conn.send(request)
             except ConnectionDropped as exc:
                 conn.close()

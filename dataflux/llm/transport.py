@@ -1,6 +1,6 @@
 """HTTP to one model endpoint: a keep-alive connection pool per event loop, bytes in and out.
 
-JSON requests go through the HTTP/1.1 pool in `http1` (h11, with caps on header and body size,
+JSON requests go through the HTTP/1.1 pool in `http1` (httptools, with caps on header and body size,
 idle expiry and at most `max_connections` per loop); multipart uploads and requests through a
 proxy go through aiohttp, under the same body cap (aiohttp caps header lines itself).
 
