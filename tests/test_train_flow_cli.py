@@ -7,8 +7,7 @@ import yaml
 
 from dataflux.storage.catalog import Catalog, VersionNotFinalized
 from modeling.synthetic_version import tone_wav, write_tone_version
-
-from test_train_loop import MICRO  # noqa: E402  (tests/ is on sys.path)
+from tests.helpers.micro_config import MICRO
 
 
 def _config(tmp_path) -> str:
