@@ -227,6 +227,32 @@ def _synthesize(config: Config, snapshot: tuple[str, str], sources: list[str] | 
               "sources_reused": reused.sources_reused if reused else [],
               "sources_processed": sorted({s for s, _ in todo})}
     bar = _progress(len(futures), progress)
+    llm_reports, user_errors = _commit_as_completed(futures, catalog, version_id, run_id, counts, bar, logger)
+    bar.close()
+
+    complete = counts["partitions_failed"] == 0 and counts["budget_exhausted"] == 0 and (
+        max_partitions is None or len(catalog.committed_partitions(version_id)) == n_partitions * len(chosen))
+    status = "completed" if complete else ("budget_exhausted" if counts["budget_exhausted"] else "incomplete")
+    if llm_reports:
+        from dataflux.backends import merge_llm_reports
+
+        counts["llm"] = merge_llm_reports(llm_reports)
+    if user_errors:  # the first one, as raised: the command line names it in one line
+        catalog.finish_run(run_id, status="failed", counts=counts)
+        raise user_errors[0]
+    catalog.finish_run(run_id, status=status, counts=counts)
+    summary: dict[str, Any] = {"version": version_id, "run_id": run_id, "status": status, **counts}
+    if complete and finalize:
+        summary["finalized"] = catalog.finalize(version_id)
+        _publish_summary(catalog, version_id)
+        _emit_finalized(version_id, summary["finalized"], catalog_path=str(config.catalog_path))
+    return summary
+
+
+def _commit_as_completed(futures, catalog, version_id: str, run_id: str, counts: dict[str, Any], bar,
+                         logger) -> tuple[list[dict], list[BaseException]]:
+    """Commit each partition as it finishes (counting into `counts`); returns the LLM reports and the
+    user errors of the partitions that failed (`is_user_error`)."""
     llm_reports: list[dict] = []
     user_errors: list[BaseException] = []
     for future in as_completed(futures):
@@ -250,25 +276,7 @@ def _synthesize(config: Config, snapshot: tuple[str, str], sources: list[str] | 
             for k in ("items", "rows", "rejects"):
                 counts[k] += result.counts.get(k, 0)
         bar.update(1)
-    bar.close()
-
-    complete = counts["partitions_failed"] == 0 and counts["budget_exhausted"] == 0 and (
-        max_partitions is None or len(catalog.committed_partitions(version_id)) == n_partitions * len(chosen))
-    status = "completed" if complete else ("budget_exhausted" if counts["budget_exhausted"] else "incomplete")
-    if llm_reports:
-        from dataflux.backends import merge_llm_reports
-
-        counts["llm"] = merge_llm_reports(llm_reports)
-    if user_errors:  # the first one, as raised: the command line names it in one line
-        catalog.finish_run(run_id, status="failed", counts=counts)
-        raise user_errors[0]
-    catalog.finish_run(run_id, status=status, counts=counts)
-    summary: dict[str, Any] = {"version": version_id, "run_id": run_id, "status": status, **counts}
-    if complete and finalize:
-        summary["finalized"] = catalog.finalize(version_id)
-        _publish_summary(catalog, version_id)
-        _emit_finalized(version_id, summary["finalized"], catalog_path=str(config.catalog_path))
-    return summary
+    return llm_reports, user_errors
 
 
 def _open_version(catalog, config: Config, sources: list[str], version: str | None, name: str | None,

@@ -140,10 +140,11 @@ def _config(work: Path, text: str) -> str:
 # --- one line and exit 2, before any work ---------------------------------------------------------
 
 def test_a_yaml_alias_bomb_is_one_line_and_small(work):
-    bomb = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 10))
-    _config(work, "version: 1\nsources: {d: {kind: demo, size: 4}}\nx-bomb:\n" + "".join("  " + line + "\n"
-                                                                                      for line in bomb.splitlines()))
+    # the licence a list of nine lists of nine lists ... (9 levels): 768 bytes, 387 M strings expanded
+    bomb = "      - &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"      - &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 10))
+    _config(work, "version: 1\nsources:\n  d:\n    kind: demo\n    license:\n" + bomb)
+    assert (work / "data_catalog.yaml").stat().st_size < 1024
     out = dataflux(work, "run", "--config", "data_catalog.yaml", "--quiet")
     assert "aliases" in out.one_line_error()
     assert out.rss_mb < 400, out.rss_mb  # was MemoryError after 3-4 GB
@@ -153,7 +154,7 @@ def test_a_yaml_alias_bomb_is_one_line_and_small(work):
 @pytest.mark.parametrize("text,expected", [
     ("version: 1\nsources: {d: {kind: demo}}\nrun: {partitions: 100000000}\n", "run.partitions"),
     ("version: 1\nsources:\n  d: {kind: demo, size: 4}\n  d: {kind: demo, size: 8}\n", "'d' is given twice"),
-    ("version: 1\nsources:\n  ../../escape: {kind: demo, size: 4}\n", "sources"),
+    ("version: 1\nsources:\n  ../../../escape: {kind: demo, size: 4}\n", "sources"),
 ])
 def test_config_errors_are_one_line_and_exit_2(work, text, expected):
     out = dataflux(work, "run", "--config", _config(work, text), "--quiet")
