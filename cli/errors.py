@@ -38,7 +38,9 @@ def log_path(command: str) -> Path:
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line, cut to MAX_MESSAGE characters (a KeyError's key without quotes)."""
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    text = "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = "".join(line + ("" if i == len(lines) - 1 else " " if line.endswith(":") else "; ")
+                   for i, line in enumerate(lines)) or type(exc).__name__
     return cut(text, MAX_MESSAGE)
 
 
