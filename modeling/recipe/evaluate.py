@@ -171,7 +171,8 @@ def final_evaluation(model, processor, index: VersionIndex, tasks: Sequence[str]
     model.float().eval()
     metrics: dict[str, Any] = {"eval_split": spec.eval_split}
     metrics.update(evaluate_held_out(model, processor, rows, spec))
-    task_rows = [r for t in tasks if t != "mcq" for r in held_out_rows(index, spec.eval_split, spec.eval_task_max_rows, [t])]
+    task_rows = [r for t in tasks if t != "mcq"
+                 for r in held_out_rows(index, spec.eval_split, spec.eval_task_max_rows, [t])]
     if task_rows:
         metrics["tasks"] = evaluate_held_out_tasks(model, processor, task_rows, spec)
     metrics["expert_load"] = expert_load(model, processor, rows)

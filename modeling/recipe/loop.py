@@ -48,7 +48,8 @@ def train_loop(run: Run, model, optimizer, scheduler, loader: TrainLoader, progr
         if reached:
             outcome.stop_reason = "validation_target"
             if run.main:
-                run.log(f"every validation category at or above {spec.stop_at_accuracy} at step {progress.step}; stopping")
+                run.log(f"every validation category at or above {spec.stop_at_accuracy} at step {progress.step}; "
+                        "stopping")
             break
         if stopping:
             outcome.status = "interrupted"
