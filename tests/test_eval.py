@@ -301,7 +301,8 @@ def test_evaluate_generates_with_the_real_model_and_processor(tiny_model_and_pro
 
 
 def test_eval_command_on_a_finished_version_writes_scores_and_mmau_predictions(dataflux_home, tiny_checkpoint,
-                                                                               tmp_path, capsys):
+                                                                               tiny_model_and_processor, tmp_path,
+                                                                               capsys):
     from cli.main import main
 
     rows = pitch_rows(5, splits=("test", "test", "test", "train"))
@@ -314,7 +315,11 @@ def test_eval_command_on_a_finished_version_writes_scores_and_mmau_predictions(d
     assert set(result["by"]["l3"]) == {"tone_pitch"}
     preds = json.loads((tmp_path / "results.mmau.json").read_text())
     assert [p["id"] for p in preds] == [r["sample_id"] for r in rows[:3]]
-    assert all("model_prediction" in p for p in preds)
+    # what the checkpoint's model answers when asked directly, scored the same way
+    model, processor = tiny_model_and_processor
+    direct = evaluate(model, processor, rows[:3], max_new_tokens=4)
+    assert [p["model_prediction"] for p in preds] == [p["model_prediction"] for p in direct["predictions"]]
+    assert (result["mmau_accuracy"], result["exact_accuracy"]) == (direct["mmau_accuracy"], direct["exact_accuracy"])
     assert "MMAU-style" in capsys.readouterr().out
 
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--version", vid, "--split", "validation"]) == 2
