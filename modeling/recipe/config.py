@@ -233,7 +233,8 @@ def _mixture_weights(value: Any, where: str) -> dict[str, float]:
 
 
 def check_config(cfg: TrainConfig, origin: str) -> None:
-    """The rules the types cannot say; environment variables in paths expanded."""
+    """The rules the types cannot say; environment variables in paths expanded, `packaged:<name>` paths
+    resolved to the converted folder (modeling.pretrained.packaged)."""
     _check_train(cfg.train, f"{origin}: train")
     _check_model(cfg.model, f"{origin}: model")
 
@@ -269,6 +270,11 @@ def _check_model(spec: ModelSpec, where: str) -> None:
             if "$" in value:
                 raise ValueError(f"{where}.{name}: {getattr(spec, name)!r} names an unset environment variable; "
                                  f"set it or pass --set model.{name}=/local/path")
+            if value.startswith("packaged:"):
+                # lazy: converting a packaged model needs torch and transformers, most configs never do
+                from modeling.pretrained.packaged import resolve_path
+
+                value = resolve_path(value)
             setattr(spec, name, value)
     if spec.encoder is None and spec.encoder_path is None:
         raise ValueError(f"{where}: give encoder (config fields) or encoder_path (a local Whisper checkpoint)")
