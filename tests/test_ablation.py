@@ -64,7 +64,11 @@ def test_the_twin_keeps_the_planted_wrong_answers_and_both_trainings_are_scored(
     assert set(runs) == {"verified", "unverified"} and report["eval_rows"]["0.3"] > 0
     for run in runs.values():
         assert run["steps"] == 16 and run["audio"]["n"] == report["eval_rows"]["0.3"] == run["zero_audio"]["n"]
-        assert 0.0 <= run["audio"]["mmau_accuracy"] <= 1.0 and run["audio"]["by_category"]
+        # every scored question is in one category, and the overall score is the categories' weighted mean
+        by = run["audio"]["by_category"]
+        assert by and sum(c["n"] for c in by.values()) == run["audio"]["n"]
+        assert run["audio"]["mmau_accuracy"] == pytest.approx(
+            sum(c["n"] * c["mmau_accuracy"] for c in by.values()) / run["audio"]["n"])
     saved = json.loads((out / "ablation.json").read_text())
     assert set(saved["summary"]["0.3"]) == {"verified", "unverified", "verified_minus_unverified"}
 
