@@ -2,7 +2,8 @@
 
 - Speech: the Asterisk PBX core prompts, read by professional speakers, with the text of every
   prompt in the package's `core-sounds-<lang>.txt`: US English (Allison, female) and Italian
-  (Carlo, male), 8 kHz telephone-band WAV.
+  (Carlo, male), 8 kHz telephone-band WAV; also Mexican Spanish (Allison, female), Canadian French
+  (June, female) and Russian (female), which the multilingual recognizer's tests use.
 - Sound events: the freedesktop sound theme (bell, phone ringing, camera shutter, ...).
 
 `apt-get download` + `dpkg -x` into a cache directory (DATAFLUX_TEST_AUDIO, default
@@ -26,11 +27,16 @@ from pathlib import Path
 SPEECH_PACKAGES = {
     "en": ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en", "en_US_f_Allison"),
     "it": ("asterisk-core-sounds-it-wav", "asterisk-core-sounds-it", "it_IT_m_Carlo"),
+    # read by other speakers, in languages the pipeline's own tests do not use (the multilingual recognizer's)
+    "es": ("asterisk-core-sounds-es-wav", "asterisk-core-sounds-es", "es_MX_f_Allison"),
+    "fr": ("asterisk-core-sounds-fr-wav", "asterisk-core-sounds-fr", "fr_CA_f_June"),
+    "ru": ("asterisk-core-sounds-ru-wav", "asterisk-core-sounds-ru", "ru_RU_f_IvrvoiceRU"),
 }
 EVENT_PACKAGE = "sound-theme-freedesktop"
 KNOWN_VERSIONS = {"asterisk-core-sounds-en-wav": "1.6.1-1", "asterisk-core-sounds-en": "1.6.1-1",
                   "asterisk-core-sounds-it-wav": "1.6.1-1", "asterisk-core-sounds-it": "1.6.1-1",
-                  "sound-theme-freedesktop": "0.8-2"}
+                  "sound-theme-freedesktop": "0.8-2",
+                  **{f"asterisk-core-sounds-{lang}{kind}": "1.6.1-1" for lang in ("es", "fr", "ru") for kind in ("", "-wav")}}
 
 # The freedesktop theme's file names are event names, not sound classes: the class each one sounds like.
 EVENT_CLASSES = {

