@@ -53,8 +53,8 @@ def demo_batch(processor: EurekaAudioProcessor, batch: int, seconds: float) -> d
     return processor(convs, audios, add_generation_prompt=False)
 
 
-def build(preset: str):
-    cfg = TrainConfig.load(CONFIGS / f"{preset}.yaml")
+def build(preset: str, precision: str = "auto"):
+    cfg = TrainConfig.load(CONFIGS / f"{preset}.yaml", [f"train.precision={precision}"])
     spec = cfg.model
     n_mels, chunk = encoder_geometry(spec)
     if spec.llm_path:
@@ -72,10 +72,10 @@ def build(preset: str):
     return cfg, processor, model, trainable
 
 
-def bench_preset(preset: str, steps: int, batch: int, seconds: float, threads: int) -> dict:
+def bench_preset(preset: str, steps: int, batch: int, seconds: float, threads: int, precision: str) -> dict:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    cfg, processor, model, trainable = build(preset)
+    cfg, processor, model, trainable = build(preset, precision)
     build_s = time.perf_counter() - t0
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.train), cpu=not torch.cuda.is_available())
     params = [p for p in model.parameters() if p.requires_grad]
@@ -153,16 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="auto: bf16 on a GPU that has it, else fp32 (as the presets say)")
     ap.add_argument("--encoder-repeats", type=int, default=7, help="0: skip the encoder comparison")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: bench one preset in this process
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(bench_preset(args.one, args.steps, args.batch, args.seconds, args.threads)))
+        print(json.dumps(bench_preset(args.one, args.steps, args.batch, args.seconds, args.threads,
+                                      args.precision)))
         return 0
     rows = []
     for preset in args.presets:
         cmd = [sys.executable, __file__, "--one", preset, "--steps", str(args.steps), "--batch", str(args.batch),
-               "--seconds", str(args.seconds), "--threads", str(args.threads)]
+               "--seconds", str(args.seconds), "--threads", str(args.threads), "--precision", args.precision]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{preset}: failed (exit {done.returncode}): {done.stderr.strip()[-800:]}", file=sys.stderr)
