@@ -7,6 +7,7 @@ The packages are fetched once into ~/.cache/dataflux-test-models (DATAFLUX_TEST_
 there; without network access to PyPI on the first run these tests are skipped, not failed.
 """
 
+import json
 import math
 import os
 from pathlib import Path
@@ -50,6 +51,25 @@ def test_manifest_refuses_a_changed_file(tmp_path):
     assert packaged.resolve_path("/some/local/folder") == "/some/local/folder"
     with pytest.raises(packaged.PackagedModelError, match="unknown packaged model"):
         packaged.resolve_path("packaged:no-such-model", tmp_path)
+
+
+def test_packaged_folder_is_converted_once_then_checked(tmp_path, monkeypatch):
+    calls = []
+
+    def convert(src: Path, out: Path) -> Path:
+        calls.append(src)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        return out
+
+    monkeypatch.setitem(packaged.PACKAGED, "fake", packaged.Packaged("fake-src", (), convert))
+    first = packaged.resolve_path("packaged:fake", tmp_path)
+    assert packaged.resolve_path("packaged:fake", tmp_path) == first and len(calls) == 1
+    assert sorted(p.name for p in Path(first).iterdir()) == ["SHA256SUMS", "config.json"]
+    assert not list(Path(first).parent.glob("*.partial*"))
+    (Path(first) / "config.json").write_text('{"changed": 1}')
+    with pytest.raises(packaged.PackagedModelError, match="config.json: sha256"):
+        packaged.resolve_path("packaged:fake", tmp_path)
 
 
 def _speech_features(seconds: float = 30.0) -> torch.Tensor:
@@ -163,3 +183,24 @@ def test_small_round_trips_through_save_pretrained(folders, tmp_path):
     assert type(loaded).__name__ == "EurekaAudioForCausalLM"
     assert torch.allclose(before, merged, atol=1e-3)
     assert torch.equal(merged, after)
+
+
+@pytest.mark.slow
+def test_small_preset_runs_through_the_trainer(folders, tmp_path, monkeypatch):
+    """The preset file as is (packaged: paths resolved in the home) through modeling.train for 3 steps."""
+    from modeling.synthetic_version import write_tone_version
+    from modeling.train import train
+
+    home = tmp_path / "home"
+    (home / "cache").mkdir(parents=True)
+    (home / "cache" / "models").symlink_to(packaged.packaged_weights.cache_dir(MODELS_HOME) / "models")
+    monkeypatch.setenv("DATAFLUX_HOME", str(home))
+    catalog = tmp_path / "catalog.duckdb"
+    version = write_tone_version(catalog, tmp_path / "shards", n_clips=12, n_shards=1, max_seconds=0.8)
+    result = train(version, SMALL, catalog_path=catalog, output_dir=tmp_path / "run", stop_after_steps=3,
+                   overrides=["train.batch_size=4", "train.log_every=1", "train.num_threads=2", "train.cache_mb=0"],
+                   record=False, log=lambda _: None)
+    assert result["status"] == "interrupted"
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [s["loss"] for s in steps if "loss" in s]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), steps

