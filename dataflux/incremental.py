@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflux.config import Config
-from dataflux.pipeline import partition_key
+from dataflux.records import partition_key
+from dataflux.sources.registry import open_source
+from dataflux.storage.shards import ShardInfo
 
 NOTES_KEY = "source_states"
 
@@ -39,8 +41,6 @@ class SourceState:
 def source_state(config: Config, name: str) -> SourceState | None:
     """The current state of source `name`, or None when its inputs cannot be fingerprinted
     (such a source is always processed)."""
-    from dataflux.sources.registry import open_source
-
     try:
         fingerprint = open_source(config, name).fingerprint()
     except Exception:  # unreadable inputs surface as rejects when the partition runs, not here
@@ -123,8 +123,6 @@ def _partition_records(catalog, vid: str, key: str) -> tuple[list[dict], list[di
 def apply_reuse(catalog, version_id: str, plans: list[ReusePlan], run_id: str | None) -> ReuseResult:
     """Commit the planned partitions to draft `version_id` (skipping any it already has), each with
     its shard, rejects and ledger items copied from the version it comes from."""
-    from dataflux.storage.shards import ShardInfo
-
     result = ReuseResult()
     committed = catalog.committed_partitions(version_id)
     for plan in plans:

@@ -9,6 +9,7 @@ that does not become a row becomes a `Reject` with a reason code.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,3 +83,15 @@ class Reject:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def partition_key(source: str, partition: int, n_partitions: int) -> str:
+    """The name of one partition of a source, as shards, items and rejects record it."""
+    return f"{source}-p{partition:04d}-of{n_partitions:04d}"
+
+
+def ledger_entry(source: str, source_id: str, audio_sha256: str | None, status: str, planted: dict | None,
+                 n_rows: int = 0) -> dict:
+    """One row of the items ledger: what became of one source item (kept, no_rows, rejected:<reason>)."""
+    return {"source": source, "source_id": source_id, "audio_sha256": audio_sha256, "n_rows": n_rows,
+            "status": status, "planted": json.dumps(planted) if planted else None}
