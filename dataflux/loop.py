@@ -40,7 +40,8 @@ from dataflux.steps.answer import CaptionReader, MeasuringAnswerer
 from dataflux.steps.base import (
     Answer, Answerer, Call, Caption, Captioner, Category, Judge, Question, QuestionWriter, Verdict,
 )
-from dataflux.steps.caption import ReferenceCaptioner, apply_corrections, caption_claims
+from dataflux.claims import apply_corrections, caption_claims, caption_conflicts
+from dataflux.steps.caption import ReferenceCaptioner
 from dataflux.steps.checks import CheckResult, run_checks
 from dataflux.steps.filter import assistant_message, user_message
 from dataflux.steps.generate import TemplateQuestionWriter, measured_feedback
@@ -222,19 +223,6 @@ async def _recaption(steps: Steps, clip: Clip, caption: Caption, corrections: di
     return apply_corrections(caption, corrections)
 
 
-def _caption_conflicts(clip: Clip, caption: Caption, categories: Sequence[Category]) -> dict[str, str]:
-    """Caption claims a measured fact contradicts: leaf -> measured value."""
-    by_id = {c.id: c for c in categories}
-    out = {}
-    for leaf, claimed in caption_claims(caption, categories).items():
-        cat = by_id.get(leaf)
-        key = cat.measured_by if cat is not None else leaf
-        measured = clip.facts.get(key) if key else None
-        if isinstance(measured, str) and measured != claimed:
-            out[leaf] = measured
-    return out
-
-
 async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg: LoopConfig | None = None,
                    stats: LoopStats | None = None) -> tuple[list[dict], list[Reject]]:
     """Run the closed loop on one clip. Returns (sample rows, rejects).
@@ -297,7 +285,7 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
             stats.add("recaptions")
 
     # No row may carry a caption the measurement disproves, whatever leaf the claim is about.
-    leftover = _caption_conflicts(clip, caption, categories)
+    leftover = caption_conflicts(clip, caption, categories)
     if leftover:
         values = {c.id: c.values for c in categories}
         fix = {leaf: (v if cfg.on_conflict == "correct" and (leaf not in values or v in values[leaf]) else None)

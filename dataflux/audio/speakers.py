@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dataflux.claims import metadata_claim
 from dataflux.records import Clip, Reject
 
 MIN_SPEAKER_CLIPS = 5
@@ -50,8 +51,6 @@ def gender_from_f0(f0_hz: float) -> str | None:
 
 def add_speaker_facts(clips: Sequence[Clip], leaves: Sequence[str]) -> list[Reject]:
     """Pool `speaker_gender` per named speaker, in place; the rejects of withdrawn claims."""
-    from dataflux.steps.caption import metadata_claim
-
     if "speaker_gender" not in leaves:
         return []
     by_speaker: dict[str, list[Clip]] = defaultdict(list)

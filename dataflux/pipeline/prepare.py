@@ -19,7 +19,7 @@ from dataflux.records import SourceItem
 from dataflux.sources.planting import plant_errors
 from dataflux.sources.registry import open_source
 from dataflux.sources.survey import survey_source
-from dataflux.steps.caption import metadata_claim
+from dataflux.claims import metadata_claim
 from dataflux.steps.filter import FilterConfig
 from dataflux.steps.task_rows import check_tasks
 from dataflux.taxonomy import length_order, load_taxonomy

@@ -19,7 +19,7 @@ from typing import Any
 
 from dataflux.records import Clip
 from dataflux.steps.base import Answer, Call, Caption, Category, Question
-from dataflux.steps.caption import values_in_text
+from dataflux.claims import values_in_text
 
 MEASURE_MODEL = "reference-measure@1"
 CAPTION_READER_MODEL = "reference-caption-reader@1"

@@ -5,90 +5,25 @@ sentence templates, so every value it states is known: it returns a `ClaimedCapt
 `claims` map leaf id -> stated value. Given corrections (leaf -> measured value) it writes the
 caption again from the measurement and marks it corrected.
 
-`caption_claims()` recovers the claims of any caption: the recorded ones when the captioner
-kept them, else the vocabulary words found in the text (for captions written by a model).
+What a caption claims, corrections and conflicts live in `dataflux.claims` (re-exported here).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dataflux.claims import (  # noqa: F401  (re-exported: the steps' public names)
+    DERIVED_CLAIMS, LANGUAGE_NAMES, METADATA_KEYS, NOT_CLAIMS, ClaimedCaption, apply_corrections, caption_claims,
+    claimed_labels, metadata_claim, values_in_text)
 from dataflux.records import Clip
-from dataflux.sources.fields import KNOWN_FIELDS
-from dataflux.steps.base import Call, Caption, Category
+from dataflux.steps.base import Call, Caption
 
 CAPTIONER_MODEL = "reference-captioner@1"
 
 # Leaf ids a source label can claim directly; "label" is the raw class label (sound_source).
 _SOURCE_LABEL_KEYS = ("sound_source", "label")
-# Typed metadata of a SourceItem (not leaf ids): a leaf claims from one of them via `claimed_from`.
-METADATA_KEYS = frozenset({"transcript", "language", "speaker", "gender", "age", "emotion", "labels", "caption",
-                           "genre", "instrument", "label"})
-# ISO 639-1 code -> the language's name as the taxonomy's spoken_language vocabulary writes it.
-LANGUAGE_NAMES = {"en": "English", "it": "Italian", "es": "Spanish", "fr": "French", "de": "German", "ru": "Russian",
-                  "pt": "Portuguese", "nl": "Dutch", "zh": "Chinese", "ja": "Japanese"}
-_GENDER_WORDS = {"m": "male", "man": "male", "male": "male", "f": "female", "woman": "female", "female": "female"}
-
-
-@dataclasses.dataclass
-class ClaimedCaption(Caption):
-    """A caption that knows which value it states for each leaf.
-
-    `claims`: leaf id -> value the caption text states (e.g. {"tone_pitch": "440 Hz"}).
-    `corrected`: leaf id -> the value the source claimed before a measurement replaced it.
-    """
-
-    claims: dict[str, str] = dataclasses.field(default_factory=dict)
-    corrected: dict[str, str] = dataclasses.field(default_factory=dict)
-    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # leaf -> "metadata" | "measurement"
-    human: str | None = None  # the corpus's own caption of the clip, which leads the text
-
-    @property
-    def corrected_from_measurement(self) -> bool:
-        return bool(self.corrected)
-
-
-# a source's metadata fields (dataflux.sources.fields) describe the clip; only leaf ids are claims
-NOT_CLAIMS = frozenset({"label", *KNOWN_FIELDS})
-
-
-def claimed_labels(labels: Mapping[str, Any]) -> dict[str, str]:
-    """The leaf claims in a source's labels (transcript/speaker are free fields, not claims)."""
-    claims: dict[str, str] = {}
-    for key, value in labels.items():
-        if (key in NOT_CLAIMS | METADATA_KEYS and key != "emotion") or value is None or isinstance(value, list):
-            continue
-        claims[key] = str(value).strip()
-    if "sound_source" not in claims and labels.get("label") not in (None, ""):
-        claims["sound_source"] = str(labels["label"]).strip()
-    return claims
-
-
-def _word_count_claim(transcript: str) -> str | None:
-    from dataflux.audio.speech import word_count_word
-
-    return word_count_word(transcript)
-
-
-# leaves whose claim is computed from their metadata field's value rather than being it
-DERIVED_CLAIMS = {"spoken_word_count": _word_count_claim}
-
-
-def metadata_claim(field: str, value: Any) -> str | None:
-    """The vocabulary word a typed metadata value claims: "en" -> "English", "F" -> "female"."""
-    if value is None or isinstance(value, (list, dict)):
-        return None
-    text = " ".join(str(value).split())
-    if not text:
-        return None
-    if field == "language":
-        return LANGUAGE_NAMES.get(text.lower().split("-")[0].split("_")[0], text.title())
-    if field == "gender":
-        return _GENDER_WORDS.get(text.lower(), text.lower())
-    return text
 
 
 def _article(word: str) -> str:
@@ -239,58 +174,3 @@ def _with_human(human: str | None, described: str) -> str:
     return f"{human} {described}" if human else described
 
 
-def caption_claims(caption: Caption, categories: Iterable[Category] = ()) -> dict[str, str]:
-    """Leaf id -> value the caption states.
-
-    A `ClaimedCaption` knows its claims. For any other caption the text is searched for each
-    category's vocabulary words (whole words, case-insensitive); a leaf is claimed when exactly
-    one of its words appears (the longest match wins, so "very quiet" is not also "quiet").
-    """
-    claims = getattr(caption, "claims", None)
-    if claims is not None:
-        return dict(claims)
-    out: dict[str, str] = {}
-    for cat in categories:
-        found = values_in_text(caption.text, cat.values)
-        if len(found) == 1:
-            out[cat.id] = found[0][0]
-    return out
-
-
-def values_in_text(text: str, values: Iterable[str]) -> list[tuple[str, int, int]]:
-    """Vocabulary words found in `text` as (value, start, end), whole words only, case-insensitive.
-
-    A match inside a longer matching value ("quiet" inside "very quiet") is not counted.
-    """
-    hits: list[tuple[str, int, int]] = []
-    for v in sorted(set(values), key=len, reverse=True):
-        for m in re.finditer(r"(?<![\w-])" + re.escape(v) + r"(?![\w-])", text, flags=re.IGNORECASE):
-            if not any(s <= m.start() and m.end() <= e for _, s, e in hits):
-                hits.append((v, m.start(), m.end()))
-    uniq: dict[str, tuple[str, int, int]] = {}
-    for h in sorted(hits, key=lambda h: h[1]):
-        uniq.setdefault(h[0], h)
-    return list(uniq.values())
-
-
-def apply_corrections(caption: Caption, corrections: Mapping[str, str | None]) -> ClaimedCaption:
-    """Correct a caption whose captioner cannot re-caption: replace each wrong claimed word by the
-    measured one in the text (or drop the sentence stating it when the value is None)."""
-    claims = caption_claims(caption)
-    text = caption.text
-    corrected = dict(getattr(caption, "corrected", {}) or {})
-    for leaf, value in corrections.items():
-        old = claims.get(leaf)
-        if old is None:
-            continue
-        pattern = re.compile(r"(?<![\w-])" + re.escape(old) + r"(?![\w-])", flags=re.IGNORECASE)
-        if value is None:
-            sentences = re.split(r"(?<=[.!?])\s+", text)
-            text = " ".join(s for s in sentences if not pattern.search(s))
-            claims.pop(leaf, None)
-        else:
-            text = pattern.sub(value, text)
-            claims[leaf] = value
-            corrected.setdefault(leaf, old)
-    call = dataclasses.replace(caption.call, params={**caption.call.params, "corrections": dict(corrections)})
-    return ClaimedCaption(text=text, call=call, transcript=caption.transcript, claims=claims, corrected=corrected)

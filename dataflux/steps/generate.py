@@ -13,7 +13,7 @@ import re
 
 from dataflux.records import Clip
 from dataflux.steps.base import Call, Caption, Category, Generation, Question
-from dataflux.steps.caption import caption_claims
+from dataflux.claims import caption_claims
 from dataflux.steps.hard_negatives import has_similarity, similar_labels
 from dataflux.taxonomy import distinct_neighbours, nearest_values
 

@@ -23,7 +23,7 @@ from typing import Any
 from dataflux.records import Clip
 from dataflux.steps.answer import describe_evidence, raw_evidence
 from dataflux.steps.base import Answer, Call, Caption, Category, Question, Verdict
-from dataflux.steps.caption import caption_claims
+from dataflux.claims import caption_claims
 from dataflux.steps.generate import measured_feedback
 
 JUDGE_MODEL = "reference-judge@1"
