@@ -18,7 +18,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from dataflux.audio.envelope import ENVELOPE_HOP_S, SPEECH_GATE_DB, runs, smooth, speech_seconds  # noqa: F401
 from dataflux.audio.quality import frame_power, power_db
+from dataflux.audio.speech_facts import SPEECH_MEASURERS
 from dataflux.audio.vocabulary import leaf_values, nearest_value
 
 # Spectrum: Welch average of Hann-windowed frames.
@@ -40,11 +42,8 @@ TEMPO_MAX_IOI_CV = 0.1  # a click track is regular: inter-onset intervals vary u
 ACTIVE_GATE_DB = 20.0  # loudness: frames within this of the 95th-percentile frame are "active"
 ACTIVE_FLOOR_DBFS = -70.0
 
-ENVELOPE_HOP_S = 0.01  # speech envelope: 10 ms hop, 25 ms windows
 VOWEL_BAND_HZ = (300.0, 1500.0)  # first-formant region: vowels are loud here, consonants and
 # their bursts are not (a band up to 2.5 kHz splits consonant clusters into extra peaks)
-SPEECH_GATE_DB = 35.0  # speech time: within this of the loudest envelope frame
-SPEECH_MIN_PAUSE_S = 0.15  # quieter stretches at least this long are pauses, not speech
 SPEECH_MIN_ENVELOPE_STD_DB = 5.0  # speech swings ~10 dB; held tones and noises ~1 dB
 SYLLABLE_SMOOTH_FRACTION = 0.2  # envelope smoothing window, as a fraction of a syllable
 SYLLABLE_PROMINENCE_DB = 4.0  # a nucleus rises this far above the dips on both sides
@@ -234,7 +233,7 @@ class _Analysis:
         floor = float(np.percentile(fdb, 5))
         gate = max(float(fdb.max()) - EVENT_GATE_DB, floor + 10.0)
         on = fdb >= gate
-        segs = _runs(on)
+        segs = runs(on)
         dt = hop / self.sr
         merged: list[list[int]] = []
         for s, e in segs:
@@ -291,13 +290,13 @@ class _Analysis:
             return None
         active_s = speech_seconds(env)
         floor = float(env.max()) - SPEECH_GATE_DB
-        first = _prominent_peaks(_smooth(env, 5), prominence_db=SYLLABLE_PROMINENCE_DB, floor=floor).size
+        first = _prominent_peaks(smooth(env, 5), prominence_db=SYLLABLE_PROMINENCE_DB, floor=floor).size
         self.raw["speech_active_s"] = round(active_s, 3)
         if active_s < 0.5 or first < 3:
             self.raw["syllable_nuclei"] = int(first)
             return None
         width = max(3, int(round(SYLLABLE_SMOOTH_FRACTION / (first / active_s) / ENVELOPE_HOP_S)))
-        nuclei = _prominent_peaks(_smooth(env, width | 1), prominence_db=SYLLABLE_PROMINENCE_DB, floor=floor).size
+        nuclei = _prominent_peaks(smooth(env, width | 1), prominence_db=SYLLABLE_PROMINENCE_DB, floor=floor).size
         self.raw["syllable_nuclei"] = int(nuclei)
         rate = nuclei / active_s
         self.raw["syllable_rate"] = round(rate, 3)
@@ -324,34 +323,6 @@ def vowel_envelope_db(y: np.ndarray, sr: int) -> np.ndarray:
         spec = np.abs(np.fft.rfft(y[idx] * window, n=nfft, axis=1)) ** 2
         out[s0:s0 + idx.shape[0]] = spec[:, band].sum(axis=1)
     return power_db(out)
-
-
-def speech_seconds(env_db: np.ndarray) -> float:
-    """Seconds of speech in a 10 ms vowel-band envelope: everything except pauses, i.e.
-    stretches of at least 150 ms more than 35 dB below the loudest frame (50 ms smoothing)."""
-    env = _smooth(env_db, 5)
-    if env.size == 0:
-        return 0.0
-    quiet = env < float(env.max()) - SPEECH_GATE_DB
-    paused = sum(e - s for s, e in _runs(quiet) if (e - s) * ENVELOPE_HOP_S >= SPEECH_MIN_PAUSE_S)
-    return (env.size - paused) * ENVELOPE_HOP_S
-
-
-def _smooth(x: np.ndarray, width: int) -> np.ndarray:
-    """Moving average over `width` frames (same length as x)."""
-    if width <= 1 or x.size == 0:
-        return x
-    return np.convolve(x, np.ones(width) / width, mode="same")
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) index pairs of the True runs of a 1-D bool array."""
-    if mask.size == 0:
-        return []
-    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts = np.flatnonzero(d == 1)
-    ends = np.flatnonzero(d == -1)
-    return list(zip(starts.tolist(), ends.tolist()))
 
 
 def _prominent_peaks(x: np.ndarray, *, prominence_db: float, floor: float) -> np.ndarray:
@@ -477,8 +448,6 @@ def _speaking_rate(a: _Analysis) -> str | None:
         return None
     return nearest_value("speaking_rate", r, log=True)
 
-
-from dataflux.audio.speech_facts import SPEECH_MEASURERS  # noqa: E402  (they build on _Analysis)
 
 _MEASURERS: dict[str, Callable[[_Analysis], str | None]] = {
     "tone_pitch": _tone_pitch,

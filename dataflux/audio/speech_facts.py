@@ -17,9 +17,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dataflux.audio.envelope import SPEECH_GATE_DB, runs, smooth, speech_seconds
 from dataflux.audio.quality import quality_metrics
 from dataflux.audio.speakers import gender_from_f0
-from dataflux.audio.speech import normalise_words, recognise_among, speech_thresholds, syllables, voiced_f0
+from dataflux.audio.speech import (normalise_words, recognise_among, speech_thresholds, syllables, voiced_f0,
+                                   word_count_word)
+from dataflux.taxonomy import distinct_neighbours
 
 OTHER_WORDS = "(words other than the claimed transcript)"
 N_COMPETITORS = 3  # as many as a question's distractors
@@ -30,8 +33,6 @@ def claimed(a: Any, key: str) -> Any:
 
 
 def _speech_time(a: Any) -> float:
-    from dataflux.audio.facts import speech_seconds
-
     return speech_seconds(a.vowel_env)
 
 
@@ -55,8 +56,6 @@ def spoken_word_count(a: Any) -> str | None:
     """How many words are said: counted on the claimed transcript once the recognizer confirms that
     transcript (a count is only as good as the words it counts); a refuted or unconfirmed
     transcript measures no count."""
-    from dataflux.audio.speech import word_count_word
-
     text = _confirmed_transcript(a)
     if text is None:
         return None
@@ -85,8 +84,6 @@ def speech_tempo(a: Any) -> str | None:
 
 
 def _spoken_text(a: Any) -> str | None:
-    from dataflux.taxonomy import distinct_neighbours
-
     text = claimed(a, "transcript")
     if not isinstance(text, str) or not text.strip():
         return None
@@ -141,16 +138,14 @@ def speaker_gender(a: Any) -> str | None:
 
 def speech_pauses(a: Any) -> str | None:
     """Pauses inside the speech (not before or after it): quiet stretches of >= 150 ms."""
-    from dataflux.audio.facts import SPEECH_GATE_DB, _runs, _smooth
-
     if a.envelope_std_db < 5.0:
         return None  # a held tone or a steady noise is not speech
-    env = _smooth(a.vowel_env, 5)
+    env = smooth(a.vowel_env, 5)
     if env.size == 0:
         return None
     quiet = env < float(env.max()) - SPEECH_GATE_DB
     min_frames = speech_thresholds()["pauses"]["min_pause_s"] / 0.01
-    inner = [(s, e) for s, e in _runs(quiet) if s > 0 and e < env.size and e - s >= min_frames]
+    inner = [(s, e) for s, e in runs(quiet) if s > 0 and e < env.size and e - s >= min_frames]
     a.raw["pause_count"] = len(inner)
     words = ["no pause", "one pause", "two pauses", "three or more pauses"]
     return words[min(len(inner), 3)]
