@@ -1,7 +1,7 @@
 """The question taxonomy: L0 > L1 > L2 > L3 leaves loaded from a YAML data file.
 
 `load_taxonomy()` reads `dataflux/taxonomy.yaml` (or a user file), validates every leaf and
-returns a `Taxonomy` of `Category` objects (the contract in `dataflux.steps.base`).
+returns a `Taxonomy` of `Category` objects (defined here; the steps' contract in `dataflux.steps.base` uses them).
 
 A leaf either has a fixed vocabulary (`values`, at least 4 words, so that a question always
 has 3 distractors) or takes it from the source at run time (`values_from: labels`): the set
@@ -13,14 +13,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dataflux.steps.base import Category
 from dataflux.text_metrics import wer, words
+
+
+@dataclass
+class Category:
+    """One taxonomy leaf (L3) with what the steps need from the taxonomy file."""
+
+    id: str
+    path: tuple[str, str, str, str]  # (L0, L1, L2, L3)
+    description: str
+    values: list[str]  # closed answer vocabulary; distractors come from sibling values
+    question_templates: list[str]
+    judge_rules: list[str]
+    exemplars: list[dict[str, Any]]
+    measured_by: str | None  # fact key that can check this category, or None
+    needs: list[str] = field(default_factory=list)  # costly descriptors this category needs
+    claimed_from: str | None = None  # the metadata field (or "measurement") a clip's claim comes from
 
 MIN_VALUES = 4
 LEAF_KEYS = frozenset({

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from dataflux.records import Clip
+from dataflux.taxonomy import Category  # noqa: F401  (the steps' contract names the leaf they work on)
 
 
 @dataclass
@@ -38,22 +39,6 @@ class Call:
             "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost_usd": self.cost_usd,
             "cached": self.cached, "failure": self.failure,
         }
-
-
-@dataclass
-class Category:
-    """One taxonomy leaf (L3) with what the steps need from the taxonomy file."""
-
-    id: str
-    path: tuple[str, str, str, str]  # (L0, L1, L2, L3)
-    description: str
-    values: list[str]  # closed answer vocabulary; distractors come from sibling values
-    question_templates: list[str]
-    judge_rules: list[str]
-    exemplars: list[dict[str, Any]]
-    measured_by: str | None  # fact key that can check this category, or None
-    needs: list[str] = field(default_factory=list)  # costly descriptors this category needs
-    claimed_from: str | None = None  # the metadata field (or "measurement") a clip's claim comes from
 
 
 @dataclass
