@@ -16,7 +16,7 @@ from typing import Any
 
 from dataflux.audio.speech import word_count_word
 from dataflux.records import Clip
-from dataflux.sources.fields import KNOWN_FIELDS
+from dataflux.fields import KNOWN_FIELDS
 from dataflux.steps.base import Caption, Category
 
 # Typed metadata of a SourceItem (not leaf ids): a leaf claims from one of them via `claimed_from`.
@@ -46,7 +46,7 @@ class ClaimedCaption(Caption):
         return bool(self.corrected)
 
 
-# a source's metadata fields (dataflux.sources.fields) describe the clip; only leaf ids are claims
+# a source's metadata fields (dataflux.fields) describe the clip; only leaf ids are claims
 NOT_CLAIMS = frozenset({"label", *KNOWN_FIELDS})
 
 

@@ -166,7 +166,7 @@ def _check_field_mappings(data: dict, origin: str) -> None:
     mapped = {name: spec["fields"] for name, spec in data["sources"].items() if spec.get("fields")}
     if not mapped:
         return
-    from dataflux.sources.fields import check_field_mapping
+    from dataflux.fields import check_field_mapping
     from dataflux.taxonomy import TaxonomyError, load_taxonomy
 
     try:

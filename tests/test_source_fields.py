@@ -14,7 +14,7 @@ import yaml
 
 from dataflux.config import ConfigError, config_from_dict, load_config
 from dataflux.records import Reject, SourceItem
-from dataflux.sources.fields import clean_label, map_record, normalise_gender, normalise_language
+from dataflux.fields import clean_label, map_record, normalise_gender, normalise_language
 from dataflux.sources.folder import FolderSource
 from dataflux.sources.hf import HFSource
 from dataflux.sources.manifest import ManifestSource

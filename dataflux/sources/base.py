@@ -6,7 +6,7 @@ import hashlib
 from typing import Any, Iterator, Protocol
 
 from dataflux.records import Reject, SourceItem
-from dataflux.sources.fields import AUDIO_EXTENSIONS, FieldProblem, map_record  # noqa: F401 (re-exported)
+from dataflux.fields import AUDIO_EXTENSIONS, FieldProblem, map_record  # noqa: F401 (re-exported)
 
 
 
@@ -32,7 +32,7 @@ class Source(Protocol):
 
 def labels_from_record(record: dict[str, Any], fields: dict[str, str], *, source: str, key: str, where: str,
                        file_stem: str | None = None) -> dict[str, Any] | Reject:
-    """Map a manifest/dataset record to SourceItem.labels (dataflux.sources.fields), or a Reject
+    """Map a manifest/dataset record to SourceItem.labels (dataflux.fields), or a Reject
     naming `where` and the field when a value is unusable (too long, wrong type, a file name as a label)."""
     try:
         return map_record(record, fields, file_stem=file_stem)

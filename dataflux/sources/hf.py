@@ -19,7 +19,7 @@ from dataflux.records import Reject, SourceItem
 from dataflux.regular_file import NOT_REGULAR, not_regular
 from dataflux.sources.base import labels_from_record, partition_of
 from dataflux.sources.confine import outside_root_reject, resolved_root
-from dataflux.sources.fields import vocabulary_of
+from dataflux.fields import vocabulary_of
 
 DEFAULT_FIELDS = {"audio": "audio", "label": "label"}
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflux.records import Reject, SourceItem, sha256_bytes
-from dataflux.sources.fields import vocabulary_of
+from dataflux.fields import vocabulary_of
 
 
 @dataclass
