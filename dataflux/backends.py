@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataflux.config import Config
+from dataflux.llm.backends import build_openai_step
+from dataflux.llm.budget import Budget
+from dataflux.llm.client import EndpointPool
+from dataflux.llm.counters import CallCounters
 from dataflux.loop import Steps
 from dataflux.steps.answer import CaptionReader, MeasuringAnswerer
 from dataflux.steps.caption import ReferenceCaptioner
@@ -37,9 +41,6 @@ _lock = threading.Lock()
 
 
 def run_accounts(config: Config, run_id: str) -> RunAccounts:
-    from dataflux.llm.budget import Budget
-    from dataflux.llm.counters import CallCounters
-
     with _lock:
         if run_id not in _accounts:
             _accounts[run_id] = RunAccounts(Budget(config.data["budget"].get("max_cost_usd")), CallCounters())
@@ -59,8 +60,6 @@ def build_steps(config: Config, taxonomy, *, run_id: str = "adhoc", cache=None) 
     claimed_from = {c.id: c.claimed_from for c in taxonomy if c.claimed_from} if taxonomy is not None else None
     pool = None
     if uses_models(config):
-        from dataflux.llm.client import EndpointPool
-
         accounts = run_accounts(config, run_id)
         with _lock:
             if accounts.pool is None:
@@ -69,8 +68,6 @@ def build_steps(config: Config, taxonomy, *, run_id: str = "adhoc", cache=None) 
             pool = accounts.pool
 
     def model_step(name: str, spec: dict):
-        from dataflux.llm.backends import build_openai_step
-
         return build_openai_step(name, spec, pool)
 
     caption = steps_cfg["caption"]

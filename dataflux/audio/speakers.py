@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dataflux.audio.speech import speech_thresholds
 from dataflux.claims import metadata_claim
 from dataflux.records import Clip, Reject
 
@@ -39,8 +40,6 @@ def _speaker(clip: Clip) -> str | None:
 
 
 def gender_from_f0(f0_hz: float) -> str | None:
-    from dataflux.audio.speech import speech_thresholds
-
     t = speech_thresholds()["gender"]
     if f0_hz < t["male_below_hz"]:
         return "male"

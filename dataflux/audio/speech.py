@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from dataflux.audio.italian_phones import italian_phones, italian_words
 from dataflux.text_metrics import words
 
 # en: the model's own dictionary; it: Italian spelling rules onto the same phones (italian_phones)
@@ -99,8 +100,6 @@ def _known_words(dec, text: str, language: str) -> list[str]:
     """The decoder's words for `text`: English words its dictionary knows (others dropped);
     Italian words added under an "it_" name with phones from the spelling."""
     if language == "it":
-        from dataflux.audio.italian_phones import italian_phones, italian_words
-
         added = getattr(_local, "italian", None)
         if added is None:
             added = _local.italian = set()

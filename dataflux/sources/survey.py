@@ -23,8 +23,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataflux.records import Reject, SourceItem, sha256_bytes
+from dataflux.audio.decode import BadAudio, decode_audio
 from dataflux.fields import vocabulary_of
+from dataflux.records import Reject, SourceItem, sha256_bytes
 
 
 @dataclass
@@ -71,8 +72,6 @@ def _read(item: SourceItem) -> bytes | None:
 
 
 def _decodes(data: bytes, name: str, max_seconds: float, min_seconds: float) -> bool:
-    from dataflux.audio.decode import BadAudio, decode_audio
-
     try:
         decode_audio(data, name=name, max_seconds=max_seconds, min_seconds=min_seconds)
     except BadAudio:

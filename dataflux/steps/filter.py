@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataflux.records import Clip, Reject
+from dataflux.storage.row_schema import row_content_sha256
 
 LETTERS = "ABCD"
 
@@ -178,8 +179,6 @@ def move_answer(row: dict[str, Any], target: int) -> dict[str, Any]:
         {"name": "position_rebalanced", "passed": True, "detail": f"answer moved from {LETTERS[src]} to {LETTERS[target]}"}
     ]
     if row.get("row_sha256") is not None:
-        from dataflux.storage.row_schema import row_content_sha256
-
         out["row_sha256"] = row_content_sha256(out)
     return out
 

@@ -26,6 +26,7 @@ from typing import Any
 from dataflux.records import Clip, Reject
 from dataflux.steps.base import Category
 from dataflux.storage.row_schema import TASKS
+from dataflux.text_metrics import normalise_text, wer
 
 ASR_PROMPT = "<audio>\nTranscribe the speech."
 CAPTION_PROMPT = "<audio>\nDescribe the audio."
@@ -91,8 +92,6 @@ def _recognizer_transcript(base: Mapping[str, Any]) -> str | None:
 
 def asr_row(clip: Clip, base: Mapping[str, Any], max_wer: float = MAX_TRANSCRIPT_WER) -> dict[str, Any] | Reject | None:
     """The clip's transcript row, a Reject saying why it is not trusted, or None (no speech)."""
-    from dataflux.text_metrics import normalise_text, wer
-
     metadata = (clip.item.labels.get("transcript") or "").strip() or None
     language = clip.item.labels.get("language")  # Chinese, Japanese, Thai...: compared by character
     heard = (_recognizer_transcript(base) or "").strip() or None
