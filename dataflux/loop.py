@@ -25,27 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import soundfile as sf
-
+from dataflux.claims import apply_corrections, caption_conflicts
 from dataflux.records import Clip, Reject
 from dataflux.steps.answer import CaptionReader, MeasuringAnswerer
 from dataflux.steps.base import (
     Answer, Answerer, Call, Caption, Captioner, Category, Judge, Question, QuestionWriter, Verdict,
 )
-from dataflux.claims import apply_corrections, caption_claims, caption_conflicts
 from dataflux.steps.caption import ReferenceCaptioner
 from dataflux.steps.checks import CheckResult, run_checks
-from dataflux.steps.filter import assistant_message, user_message
 from dataflux.steps.generate import TemplateQuestionWriter, measured_feedback
-from dataflux.steps.judge import DISCARD, ReferenceJudge, build_evidence, winner_answer
+from dataflux.steps.judge import DISCARD, ReferenceJudge, build_evidence
+from dataflux.steps.mcq_row import (  # noqa: F401  (split_for, model_correct: public names of the loop)
+    UNVERIFIED_VERDICT, mcq_row, model_correct, split_for, verification_of, wav_bytes)
 
 ON_CONFLICT = ("correct", "discard")
 # Checks whose failure means the question cannot even be put to the answerers.
@@ -114,24 +110,6 @@ def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from the given parts (stable across machines and Python versions)."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
-
-
-def split_for(audio_sha256: str) -> str:
-    """train / validation / test (80/10/10) from the audio hash: one clip never spans two splits."""
-    bucket = int(audio_sha256[:8], 16) % 10
-    return "train" if bucket < 8 else ("validation" if bucket == 8 else "test")
-
-
-def wav_bytes(samples: np.ndarray, sampling_rate: int) -> bytes:
-    """16-bit PCM WAV of (T,) float samples."""
-    buf = io.BytesIO()
-    sf.write(buf, np.asarray(samples, dtype=np.float32), sampling_rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
-UNVERIFIED_VERDICT = Verdict(consensus=False, consistency_with_caption="NOT_CHECKED", winner="NONE",
-                             final_action="UNVERIFIED", reasoning="verification off: the question is kept as written",
-                             call=Call(step="judge", backend="none", model="none"))
 
 
 @dataclass
@@ -223,78 +201,43 @@ async def _recaption(steps: Steps, clip: Clip, caption: Caption, corrections: di
     return apply_corrections(caption, corrections)
 
 
-async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg: LoopConfig | None = None,
-                   stats: LoopStats | None = None) -> tuple[list[dict], list[Reject]]:
-    """Run the closed loop on one clip. Returns (sample rows, rejects).
+def _settle_leaf(clip: Clip, caption: Caption, s: _LeafState, cfg: LoopConfig, round_no: int,
+                 corrections: dict[str, str | None], dropped: set[str]) -> None:
+    """After a round: mark leaf `s` done, or record its correction (in `corrections`, and in
+    `dropped` under on_conflict=discard) and the feedback for its next round."""
+    if s.done or not s.rounds:
+        return
+    last = s.rounds[-1]
+    if all(o.kept for o in last.outcomes):
+        s.done = True
+        return
+    # A conflict is decided from the evidence, not from the judge's wording, so any judge
+    # backend gets the same correction policy.
+    evidence = build_evidence(clip, caption, s.category)
+    measured, claim = evidence["measured"], evidence["caption_claim"]
+    conflict = measured is not None and (
+        claim not in (None, measured) or any(o.question.answer != measured for o in last.outcomes if not o.kept))
+    if conflict:
+        if cfg.on_conflict == "discard":
+            corrections[s.category.id] = None
+            dropped.add(s.category.id)
+            s.done = True
+            return
+        # a measured value outside the vocabulary (other words than claimed) refutes the
+        # claim without naming a replacement: the claim is dropped, not rewritten
+        corrections[s.category.id] = measured if measured in s.category.values else None
+    s.feedback = _feedback(last.outcomes)
+    if conflict:
+        s.feedback += "\n" + measured_feedback(s.category.id, measured)
+    if round_no == cfg.max_rounds:
+        s.done = True
 
-    Rows follow the row contract except the fields the pipeline fills: `run_id`,
-    `code_version` and `row_sha256` are None.
-    """
-    cfg = cfg or LoopConfig()
-    stats = stats if stats is not None else LoopStats()
-    caption = await steps.captioner.caption(clip)
-    if caption.call.failure or not (caption.text or "").strip():
-        reason = caption.call.failure or "empty_caption"
-        stats.add(f"caption_failed:{reason}")
-        return [], [Reject(clip.item.source, clip.item.source_id, stage="caption", reason=f"caption_failed:{reason}",
-                           detail=f"the captioner ({caption.call.model}) gave no usable caption",
-                           audio_sha256=clip.audio_sha256)]
-    caption_calls = [caption.call]
-    if not cfg.verify:
-        return await _run_unverified(clip, caption, caption_calls, categories, steps, cfg, stats)
-    states = [_LeafState(c) for c in categories]
-    dropped: set[str] = set()  # leaves whose questions are rejected under on_conflict=discard
-    rejects: list[Reject] = []
 
-    for round_no in range(1, cfg.max_rounds + 1):
-        open_states = [s for s in states if not s.done]
-        if not open_states:
-            break
-        await asyncio.gather(*(_run_leaf_round(clip, caption, s, steps, cfg, round_no) for s in open_states))
-        corrections: dict[str, str | None] = {}
-        for s in open_states:
-            if s.done or not s.rounds:
-                continue
-            last = s.rounds[-1]
-            if all(o.kept for o in last.outcomes):
-                s.done = True
-                continue
-            # A conflict is decided from the evidence, not from the judge's wording, so any judge
-            # backend gets the same correction policy.
-            evidence = build_evidence(clip, caption, s.category)
-            measured, claim = evidence["measured"], evidence["caption_claim"]
-            conflict = measured is not None and (
-                claim not in (None, measured) or any(o.question.answer != measured for o in last.outcomes if not o.kept))
-            if conflict:
-                if cfg.on_conflict == "discard":
-                    corrections[s.category.id] = None
-                    dropped.add(s.category.id)
-                    s.done = True
-                    continue
-                # a measured value outside the vocabulary (other words than claimed) refutes the
-                # claim without naming a replacement: the claim is dropped, not rewritten
-                corrections[s.category.id] = measured if measured in s.category.values else None
-            s.feedback = _feedback(last.outcomes)
-            if conflict:
-                s.feedback += "\n" + measured_feedback(s.category.id, measured)
-            if round_no == cfg.max_rounds:
-                s.done = True
-        if corrections:
-            caption = await _recaption(steps, clip, caption, corrections)
-            caption_calls.append(caption.call)
-            stats.add("recaptions")
-
-    # No row may carry a caption the measurement disproves, whatever leaf the claim is about.
-    leftover = caption_conflicts(clip, caption, categories)
-    if leftover:
-        values = {c.id: c.values for c in categories}
-        fix = {leaf: (v if cfg.on_conflict == "correct" and (leaf not in values or v in values[leaf]) else None)
-               for leaf, v in leftover.items()}
-        caption = await _recaption(steps, clip, caption, fix)
-        caption_calls.append(caption.call)
-        stats.add("recaptions")
-
+def _collect(clip: Clip, states: list[_LeafState], dropped: set[str],
+             stats: LoopStats) -> tuple[list[tuple[_LeafState, int, _Outcome]], list[Reject]]:
+    """The questions kept after the last round (leaf state, index, outcome), and a reject for each other."""
     kept: list[tuple[_LeafState, int, _Outcome]] = []
+    rejects: list[Reject] = []
     for s in states:
         if s.failed:
             rejects.append(Reject(clip.item.source, clip.item.source_id, stage="generate", reason=s.failed,
@@ -319,31 +262,63 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
                                   extra={"leaf": s.category.id, "rounds": len(s.rounds),
                                          "question": o.question.question, "answer": o.question.answer,
                                          "calls": [_provenance(c) for c in [last.generation_call, *o.calls]]}))
+    return kept, rejects
+
+
+async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg: LoopConfig | None = None,
+                   stats: LoopStats | None = None) -> tuple[list[dict], list[Reject]]:
+    """Run the closed loop on one clip. Returns (sample rows, rejects).
+
+    Rows follow the row contract except the fields the pipeline fills: `run_id`,
+    `code_version` and `row_sha256` are None.
+    """
+    cfg = cfg or LoopConfig()
+    stats = stats if stats is not None else LoopStats()
+    caption = await steps.captioner.caption(clip)
+    if caption.call.failure or not (caption.text or "").strip():
+        reason = caption.call.failure or "empty_caption"
+        stats.add(f"caption_failed:{reason}")
+        return [], [Reject(clip.item.source, clip.item.source_id, stage="caption", reason=f"caption_failed:{reason}",
+                           detail=f"the captioner ({caption.call.model}) gave no usable caption",
+                           audio_sha256=clip.audio_sha256)]
+    caption_calls = [caption.call]
+    if not cfg.verify:
+        return await _run_unverified(clip, caption, caption_calls, categories, steps, cfg, stats)
+    states = [_LeafState(c) for c in categories]
+    dropped: set[str] = set()  # leaves whose questions are rejected under on_conflict=discard
+
+    for round_no in range(1, cfg.max_rounds + 1):
+        open_states = [s for s in states if not s.done]
+        if not open_states:
+            break
+        await asyncio.gather(*(_run_leaf_round(clip, caption, s, steps, cfg, round_no) for s in open_states))
+        corrections: dict[str, str | None] = {}
+        for s in open_states:
+            _settle_leaf(clip, caption, s, cfg, round_no, corrections, dropped)
+        if corrections:
+            caption = await _recaption(steps, clip, caption, corrections)
+            caption_calls.append(caption.call)
+            stats.add("recaptions")
+
+    # No row may carry a caption the measurement disproves, whatever leaf the claim is about.
+    leftover = caption_conflicts(clip, caption, categories)
+    if leftover:
+        values = {c.id: c.values for c in categories}
+        fix = {leaf: (v if cfg.on_conflict == "correct" and (leaf not in values or v in values[leaf]) else None)
+               for leaf, v in leftover.items()}
+        caption = await _recaption(steps, clip, caption, fix)
+        caption_calls.append(caption.call)
+        stats.add("recaptions")
+
+    kept, rejects = _collect(clip, states, dropped, stats)
     corrected = bool(getattr(caption, "corrected", None))
     if corrected:
         stats.add("corrected_clips")
     audio = {"bytes": wav_bytes(clip.samples, clip.sampling_rate), "path": f"{clip.sample_key}.wav"}
-    rows = [_row(clip, caption, caption_calls, s, k, o, audio, corrected, len(kept), categories)
+    rows = [mcq_row(clip, caption, caption_calls, s, k, o, audio, corrected, len(kept), categories)
             for s, k, o in kept]
     stats.add("rows", len(rows))
     return rows, rejects
-
-
-def verification_of(verdict: Verdict, answers: Sequence[Answer], answer_index: int) -> str:
-    """How a kept row's answer was verified: "measured" (a measurement of the audio confirms it),
-    "judged" (a model that hears the audio, or a model judge, decided) or "metadata-only" (nothing
-    but the source's claim and the caption built from it supports it); "unverified" in an
-    unverified twin (loop.verify: false), whose questions are kept as written."""
-    if verdict is UNVERIFIED_VERDICT:
-        return "unverified"
-    if verdict.measured_agrees:
-        return "measured"
-    heard = [a for a in answers if a.sees_audio and a.answer_index == answer_index]
-    if any(a.call.backend == "reference" for a in heard):
-        return "measured"  # the measuring answerer re-measured the audio and agrees
-    if heard or verdict.call.backend != "reference":
-        return "judged"
-    return "metadata-only"
 
 
 async def _run_unverified(clip: Clip, caption: Caption, caption_calls: list[Call], categories: Sequence[Category],
@@ -383,7 +358,7 @@ async def _run_unverified(clip: Clip, caption: Caption, caption_calls: list[Call
                                   extra={"leaf": s.category.id, "rounds": 1, "question": o.question.question,
                                          "answer": o.question.answer}))
     audio = {"bytes": wav_bytes(clip.samples, clip.sampling_rate), "path": f"{clip.sample_key}.wav"}
-    rows = [_row(clip, caption, caption_calls, s, k, o, audio, False, len(kept), categories) for s, k, o in kept]
+    rows = [mcq_row(clip, caption, caption_calls, s, k, o, audio, False, len(kept), categories) for s, k, o in kept]
     stats.add("rows", len(rows))
     return rows, rejects
 
@@ -392,86 +367,3 @@ def _provenance(call: Call) -> dict[str, Any]:
     """What a reject keeps of a call: who made it, from which prompt, and how it ended."""
     return {"step": call.step, "backend": call.backend, "model": call.model, "prompt_sha256": call.prompt_sha256,
             "seed": call.seed, "cost_usd": call.cost_usd, "failure": call.failure}
-
-
-def model_correct(answers: Sequence[Answer], answer_index: int) -> bool | None:
-    """Whether our own model (the first `local` answerer: a checkpoint this project trained) chose the
-    row's final answer; None when no such answerer took part. A reply naming no option counts as wrong."""
-    ours = [a for a in answers if a.call.backend == "local"]
-    return None if not ours else ours[0].answer_index == answer_index
-
-
-def _params_json(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
-
-
-def _call_row(call: Call) -> dict[str, Any]:
-    d = call.as_dict()
-    d.pop("failure", None)
-    d["params"] = _params_json(d["params"])
-    return d
-
-
-def _row(clip: Clip, caption: Caption, caption_calls: list[Call], state: _LeafState, k: int, o: _Outcome,
-         audio: dict[str, Any], corrected: bool, n_rows: int, categories: Sequence[Category]) -> dict[str, Any]:
-    cat, q, v = state.category, o.question, o.verdict
-    assert v is not None
-    winner = winner_answer(v, o.answers, q.answer_index)
-    # Provenance: every caption call of the clip, this leaf's generation in every round, and the
-    # answers and verdicts of question k in every round. Shared calls (captions: all rows of the
-    # clip; a generation: all its questions) count towards the row's totals by an even share.
-    calls: list[tuple[Call, float]] = [(c, 1.0 / max(n_rows, 1)) for c in caption_calls]
-    for r in state.rounds:
-        calls.append((r.generation_call, 1.0 / max(len(r.outcomes), 1)))
-        if k < len(r.outcomes):
-            calls.extend((c, 1.0) for c in r.outcomes[k].calls)
-    item = clip.item
-    l0, l1, l2, l3 = cat.path
-    return {
-        "sample_id": f"{clip.sample_key}-{cat.id}-{k}",
-        "source": item.source,
-        "source_id": item.source_id,
-        "license": item.license,
-        "audio": audio,
-        "sampling_rate": int(clip.sampling_rate),
-        "duration_s": float(clip.quality.get("duration_s", len(clip.samples) / clip.sampling_rate)),
-        "audio_sha256": clip.audio_sha256,
-        "split": split_for(clip.audio_sha256),
-        "l0": l0, "l1": l1, "l2": l2, "l3": l3,
-        "caption": caption.text,
-        "transcript": caption.transcript,
-        "caption_claims": json.dumps(caption_claims(caption, categories), sort_keys=True, ensure_ascii=False),
-        "facts": json.dumps(clip.facts, sort_keys=True, ensure_ascii=False, default=float),
-        "quality": {key: float(clip.quality[key]) if clip.quality.get(key) is not None else None
-                    for key in ("duration_s", "peak", "rms_dbfs", "clipping_ratio", "silence_ratio", "snr_db")},
-        "question": q.question,
-        "choices": list(q.choices),
-        "answer": q.answer,
-        "answer_index": int(q.answer_index),
-        "reasoning": winner.reasoning if winner is not None else v.reasoning,
-        "winner": winner.answerer if winner is not None else v.winner,
-        "answers": [
-            {"answerer": a.answerer, "sees_audio": a.sees_audio, "answer_index": a.answer_index,
-             "answer_text": a.answer_text, "reasoning": a.reasoning, "model": a.call.model}
-            for a in o.answers
-        ],
-        "verdict": {"consensus": v.consensus, "consistency_with_caption": v.consistency_with_caption,
-                    "winner": v.winner, "final_action": v.final_action, "reasoning": v.reasoning},
-        "checks": [c.as_dict() for c in o.checks],
-        "rounds": len(state.rounds),
-        "corrected_from_measurement": corrected,
-        "verification": verification_of(v, o.answers, q.answer_index),
-        "model_correct": model_correct(o.answers, q.answer_index),
-        "calls": [_call_row(c) for c, _ in calls],
-        "tokens_in": int(round(sum(c.tokens_in * w for c, w in calls))),
-        "tokens_out": int(round(sum(c.tokens_out * w for c, w in calls))),
-        "cost_usd": float(sum(c.cost_usd * w for c, w in calls)),
-        "run_id": None,
-        "code_version": None,
-        "messages": [
-            {"role": "user", "content": user_message(q.question, list(q.choices))},
-            {"role": "assistant", "content": assistant_message(list(q.choices), q.answer_index)},
-        ],
-        "task": "mcq",
-        "row_sha256": None,
-    }
