@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dataflux.audio.speech import word_count_word
-from dataflux.records import Clip
+from dataflux.records import Caption, Clip
 from dataflux.fields import KNOWN_FIELDS
-from dataflux.steps.base import Caption, Category
+from dataflux.taxonomy import Category
 
 # Typed metadata of a SourceItem (not leaf ids): a leaf claims from one of them via `claimed_from`.
 METADATA_KEYS = frozenset({"transcript", "language", "speaker", "gender", "age", "emotion", "labels", "caption",

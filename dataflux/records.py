@@ -95,3 +95,36 @@ def ledger_entry(source: str, source_id: str, audio_sha256: str | None, status: 
     """One row of the items ledger: what became of one source item (kept, no_rows, rejected:<reason>)."""
     return {"source": source, "source_id": source_id, "audio_sha256": audio_sha256, "n_rows": n_rows,
             "status": status, "planted": json.dumps(planted) if planted else None}
+
+
+@dataclass
+class Call:
+    """Provenance and accounting for one step invocation (one model call or one computation)."""
+
+    step: str  # caption | generate | answer | judge
+    backend: str  # reference | openai | local
+    model: str  # model id as the server reports it, or the reference algorithm's name@version
+    prompt_sha256: str = ""  # hash of the prompt template file ("" for reference algorithms)
+    params: dict[str, Any] = field(default_factory=dict)  # sampling parameters
+    seed: int | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    cached: bool = False
+    latency_s: float = 0.0
+    failure: str | None = None  # reason code when the call failed after retries/repair
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "backend": self.backend, "model": self.model,
+            "prompt_sha256": self.prompt_sha256, "params": dict(self.params), "seed": self.seed,
+            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost_usd": self.cost_usd,
+            "cached": self.cached, "failure": self.failure,
+        }
+
+
+@dataclass
+class Caption:
+    text: str
+    call: Call
+    transcript: str | None = None

@@ -8,44 +8,11 @@ tokens, cost), so each sample row can say what made it and what it cost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from dataflux.records import Clip
+from dataflux.records import Call, Caption, Clip  # noqa: F401  (the records every step returns)
 from dataflux.taxonomy import Category  # noqa: F401  (the steps' contract names the leaf they work on)
-
-
-@dataclass
-class Call:
-    """Provenance and accounting for one step invocation (one model call or one computation)."""
-
-    step: str  # caption | generate | answer | judge
-    backend: str  # reference | openai | local
-    model: str  # model id as the server reports it, or the reference algorithm's name@version
-    prompt_sha256: str = ""  # hash of the prompt template file ("" for reference algorithms)
-    params: dict[str, Any] = field(default_factory=dict)  # sampling parameters
-    seed: int | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    cached: bool = False
-    latency_s: float = 0.0
-    failure: str | None = None  # reason code when the call failed after retries/repair
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step, "backend": self.backend, "model": self.model,
-            "prompt_sha256": self.prompt_sha256, "params": dict(self.params), "seed": self.seed,
-            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost_usd": self.cost_usd,
-            "cached": self.cached, "failure": self.failure,
-        }
-
-
-@dataclass
-class Caption:
-    text: str
-    call: Call
-    transcript: str | None = None
 
 
 @dataclass
