@@ -16,16 +16,12 @@ from typing import Any
 
 from dataflux.audio.speech import word_count_word
 from dataflux.records import Caption, Clip
-from dataflux.fields import KNOWN_FIELDS
+from dataflux.fields import KNOWN_FIELDS, LANGUAGE_NAMES, metadata_claim  # noqa: F401  (claims read typed metadata)
 from dataflux.taxonomy import Category
 
 # Typed metadata of a SourceItem (not leaf ids): a leaf claims from one of them via `claimed_from`.
 METADATA_KEYS = frozenset({"transcript", "language", "speaker", "gender", "age", "emotion", "labels", "caption",
                            "genre", "instrument", "label"})
-# ISO 639-1 code -> the language's name as the taxonomy's spoken_language vocabulary writes it.
-LANGUAGE_NAMES = {"en": "English", "it": "Italian", "es": "Spanish", "fr": "French", "de": "German", "ru": "Russian",
-                  "pt": "Portuguese", "nl": "Dutch", "zh": "Chinese", "ja": "Japanese"}
-_GENDER_WORDS = {"m": "male", "man": "male", "male": "male", "f": "female", "woman": "female", "female": "female"}
 
 
 @dataclasses.dataclass
@@ -64,20 +60,6 @@ def claimed_labels(labels: Mapping[str, Any]) -> dict[str, str]:
 
 # leaves whose claim is computed from their metadata field's value rather than being it
 DERIVED_CLAIMS = {"spoken_word_count": word_count_word}
-
-
-def metadata_claim(field: str, value: Any) -> str | None:
-    """The vocabulary word a typed metadata value claims: "en" -> "English", "F" -> "female"."""
-    if value is None or isinstance(value, (list, dict)):
-        return None
-    text = " ".join(str(value).split())
-    if not text:
-        return None
-    if field == "language":
-        return LANGUAGE_NAMES.get(text.lower().split("-")[0].split("_")[0], text.title())
-    if field == "gender":
-        return _GENDER_WORDS.get(text.lower(), text.lower())
-    return text
 
 
 def caption_claims(caption: Caption, categories: Iterable[Category] = ()) -> dict[str, str]:

@@ -258,3 +258,23 @@ def vocabulary_of(label_dicts: Iterable[Mapping[str, Any]]) -> dict[str, list[st
             elif key == "sound_source" and "labels" not in labels:
                 seen.setdefault(key, set()).add(value)
     return {k: sorted(v) for k, v in seen.items() if v}
+
+
+# ISO 639-1 code -> the language's name as the taxonomy's spoken_language vocabulary writes it.
+LANGUAGE_NAMES = {"en": "English", "it": "Italian", "es": "Spanish", "fr": "French", "de": "German", "ru": "Russian",
+                  "pt": "Portuguese", "nl": "Dutch", "zh": "Chinese", "ja": "Japanese"}
+_GENDER_WORDS = {"m": "male", "man": "male", "male": "male", "f": "female", "woman": "female", "female": "female"}
+
+
+def metadata_claim(field: str, value: Any) -> str | None:
+    """The vocabulary word a typed metadata value claims: "en" -> "English", "F" -> "female"."""
+    if value is None or isinstance(value, (list, dict)):
+        return None
+    text = " ".join(str(value).split())
+    if not text:
+        return None
+    if field == "language":
+        return LANGUAGE_NAMES.get(text.lower().split("-")[0].split("_")[0], text.title())
+    if field == "gender":
+        return _GENDER_WORDS.get(text.lower(), text.lower())
+    return text

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dataflux.audio.speech import speech_thresholds
-from dataflux.claims import metadata_claim
+from dataflux.fields import metadata_claim
 from dataflux.records import Clip, Reject
 
 MIN_SPEAKER_CLIPS = 5
