@@ -104,9 +104,14 @@ class WhisperRecognizer:
             out.append(s[:n].mean(axis=0))
         return np.stack(out)
 
-    def languages(self, clips: list[np.ndarray], encoded: ctranslate2.StorageView | None = None) -> list[LanguageGuess]:
+    def language_probabilities(self, clips: list[np.ndarray],
+                               encoded: ctranslate2.StorageView | None = None) -> list[dict[str, float]]:
+        """For each clip, ISO 639-1 code -> probability, best first."""
         found = self.model.detect_language(encoded if encoded is not None else self.encode(clips))
-        return [LanguageGuess(pairs[0][0].strip("<|>"), float(pairs[0][1])) for pairs in found]
+        return [{lang.strip("<|>"): float(p) for lang, p in pairs} for pairs in found]
+
+    def languages(self, clips: list[np.ndarray], encoded: ctranslate2.StorageView | None = None) -> list[LanguageGuess]:
+        return [LanguageGuess(*next(iter(probs.items()))) for probs in self.language_probabilities(clips, encoded)]
 
     def claim_scores(self, clip: np.ndarray, candidates: list[str], language: str,
                      encoded: ctranslate2.StorageView | None = None) -> list[float]:
@@ -129,3 +134,17 @@ class WhisperRecognizer:
         found = self.model.generate(encoded if encoded is not None else self.encode(clips), prompts,
                                     beam_size=1, max_length=max_length)
         return [tok.decode([t for t in r.sequences_ids[0] if t < tok.eot]).strip() for r in found]
+
+
+CLAIM_FLOOR = -3.0  # mean log-prob per token under which a claimed text is not heard (tests/test_whisper_recognizer.py)
+LANGUAGE_FLOOR = 0.03  # probability of the claimed language under which the claim is contradicted
+
+
+def transcript_heard(claim_score: float, distractor_scores: list[float], floor: float = CLAIM_FLOOR) -> bool:
+    """The claimed transcript outscores every distractor and is likely enough on its own."""
+    return claim_score > floor and all(claim_score > d for d in distractor_scores)
+
+
+def language_heard(probabilities: dict[str, float], claimed: str, floor: float = LANGUAGE_FLOOR) -> bool:
+    """The claimed language keeps at least `floor` of the language-ID probability."""
+    return probabilities.get(claimed, 0.0) >= floor
