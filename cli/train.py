@@ -12,6 +12,7 @@ import sys
 from dataflux.config import load_config
 from dataflux.home import config_file, default_catalog_path
 from flows import prefect_env
+from modeling.eval import read_clip
 
 
 def _catalog_path(args) -> str:
@@ -39,9 +40,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    # lazy: modeling.answer imports torch, seconds that other commands skip
-    from modeling.answer import AudioLM
-    from modeling.eval import read_clip
+    from modeling.answer import AudioLM  # lazy: imports torch, seconds that other commands skip
 
     clip = read_clip(args.audio, f"--audio {args.audio}")
     lm = AudioLM.from_checkpoint(args.checkpoint, device="cpu", max_new_tokens=args.max_new_tokens)

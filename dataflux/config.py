@@ -17,7 +17,9 @@ from typing import Any
 
 import jsonschema
 
+from dataflux.fields import check_field_mapping
 from dataflux.home import dataflux_home
+from dataflux.taxonomy import TaxonomyError, load_taxonomy
 from dataflux.yaml_io import YamlError, cut, read_yaml
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -80,6 +82,11 @@ def _field_path(error: jsonschema.ValidationError) -> str:
 
 
 def _merge(defaults: Any, given: Any) -> Any:
+    """`given` over `defaults`: mappings merged key by key, anything else (lists, scalars) replaced; a
+    None keeps the default. Hand-written rather than `OmegaConf.merge` (which the trainer's recipe uses):
+    OmegaConf refuses a string with an unclosed `${` (a license or path the schema accepts today), a
+    list where the default is a mapping, and keeps a None over the default; and it is ~300x slower
+    (300 KB config: 4.6 s against 0.014 s, paid again by every partition task's `read_snapshot`)."""
     if isinstance(defaults, dict) and isinstance(given, dict):
         out = copy.deepcopy(defaults)
         for key, value in given.items():
@@ -166,9 +173,6 @@ def _check_field_mappings(data: dict, origin: str) -> None:
     mapped = {name: spec["fields"] for name, spec in data["sources"].items() if spec.get("fields")}
     if not mapped:
         return
-    from dataflux.fields import check_field_mapping
-    from dataflux.taxonomy import TaxonomyError, load_taxonomy
-
     try:
         leaf_ids = load_taxonomy(data.get("taxonomy")).ids
     except (TaxonomyError, OSError):

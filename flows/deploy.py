@@ -31,6 +31,7 @@ import modeling
 from dataflux.config import Config, config_from_dict, load_config
 from flows import prefect_env
 from flows.synthesize import run_synthesis
+from flows.train import train_flow
 
 FINALIZED_EVENT = "dataflux.version.finalized"
 CATALOG_LABEL = "dataflux.catalog"  # resource label naming the catalog a finalized version lives in
@@ -127,10 +128,6 @@ def finalized_trigger(config: Config, preset: str | None = None, overrides: list
 def training_deployment(config: Config, *, preset: str | None = None, overrides: list[str] | None = None):
     """The training flow as a deployment that the finalized-version trigger runs.
     `overrides`: `section.key=value` settings for the preset, e.g. ["train.max_steps=200"]."""
-    try:  # here, not at the top: a missing modeling dependency refuses training, not every deployment
-        from flows.train import train_flow
-    except ImportError as exc:
-        raise ServeError(f"the training flow (flows/train.py: train_flow) cannot be imported: {exc}") from exc
     return train_flow.to_deployment(
         TRAINING_DEPLOYMENT, triggers=[finalized_trigger(config, preset, overrides)],
         description="Trains on a version as soon as it is finalized", tags=["dataflux", "training"],

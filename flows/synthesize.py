@@ -25,9 +25,16 @@ from typing import Any, Iterator
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 
+from dataflux.backends import merge_llm_reports
 from dataflux.config import (Config, check_name, config_from_dict, demo_config, load_config, read_snapshot,
                              write_snapshot)
+from dataflux.incremental import reuse_unchanged_sources, source_states
 from dataflux.pipeline import PartitionResult, partition_key, process_partition, use_object_store
+from dataflux.sources.registry import open_source
+from dataflux.storage.catalog import Catalog
+from dataflux.storage.orphans import remove_orphan_shards
+from dataflux.storage.writer_lock import writer_lock
+from flows.artifacts import publish_version_artifact
 
 # Errors that are the user's to fix (a path, a file, a value, the disk): retrying cannot help, and the
 # command line reports them in one line. A dropped connection or a timeout is not among them.
@@ -94,8 +101,6 @@ def run_synthesis(config: Config, *, sources: list[str] | None = None, version: 
     The catalog's writer lock is taken before the flow starts, so a second run on the same catalog
     is refused at once (`CatalogBusy`, naming the holder), or with `wait=True` waits for the first
     (at most `wait_timeout_s`)."""
-    from dataflux.storage.writer_lock import writer_lock
-
     if version is not None:
         check_name(version, what="--version")
     runner = task_runner_for(config)
@@ -160,8 +165,6 @@ def synthesize_flow(config_file: str, config_sha256: str, sources: list[str] | N
     `reuse`: commit unchanged sources' partitions from an earlier finalized version instead of
     processing them again (dataflux.incremental). The run holds the catalog's writer lock throughout
     (taken here unless `run_synthesis` already holds it for `run_id`)."""
-    from dataflux.storage.writer_lock import writer_lock
-
     config = read_snapshot(config_file, config_sha256)
     run_id = run_id or new_run_id()
     with writer_lock(config.catalog_path, run_id):
@@ -172,8 +175,6 @@ def synthesize_flow(config_file: str, config_sha256: str, sources: list[str] | N
 def _open_sources(config: Config, chosen: list[str]) -> None:
     """Open each source once before any partition starts, so a missing folder or a manifest that is not a
     regular file is one error from the flow, not one per partition."""
-    from dataflux.sources.registry import open_source
-
     for name in chosen:
         open_source(config, name)
 
@@ -181,9 +182,6 @@ def _open_sources(config: Config, chosen: list[str]) -> None:
 def _synthesize(config: Config, snapshot: tuple[str, str], sources: list[str] | None, version: str | None,
                 name: str | None, finalize: bool, progress: bool, max_partitions: int | None, reuse: bool,
                 run_id: str) -> dict[str, Any]:
-    from dataflux.incremental import reuse_unchanged_sources, source_states
-    from dataflux.storage.catalog import Catalog
-
     logger = get_run_logger()
     chosen = sources or list(config.sources)
     unknown = [s for s in chosen if s not in config.sources]
@@ -197,8 +195,6 @@ def _synthesize(config: Config, snapshot: tuple[str, str], sources: list[str] | 
     if interrupted:
         logger.warning("runs %s ended without finishing; marked interrupted", ", ".join(interrupted))
     version_id = _open_version(catalog, config, chosen, version, name, states)
-    from dataflux.storage.orphans import remove_orphan_shards
-
     orphans = remove_orphan_shards(catalog, version_id, config.storage_root, run_id)
     if orphans:
         logger.warning("version %s: removed %d uncommitted shard file(s) of ended runs", version_id, len(orphans))
@@ -234,8 +230,6 @@ def _synthesize(config: Config, snapshot: tuple[str, str], sources: list[str] | 
         max_partitions is None or len(catalog.committed_partitions(version_id)) == n_partitions * len(chosen))
     status = "completed" if complete else ("budget_exhausted" if counts["budget_exhausted"] else "incomplete")
     if llm_reports:
-        from dataflux.backends import merge_llm_reports
-
         counts["llm"] = merge_llm_reports(llm_reports)
     if user_errors:  # the first one, as raised: the command line names it in one line
         catalog.finish_run(run_id, status="failed", counts=counts)
@@ -319,8 +313,6 @@ def _flow_run_id() -> str | None:
 
 def _publish_summary(catalog, version_id: str) -> None:
     try:
-        from flows.artifacts import publish_version_artifact
-
         publish_version_artifact(catalog, version_id)
     except Exception as exc:  # the artifact is a view; the version is finalized either way
         get_run_logger().warning("could not publish the summary artifact of %s: %s", version_id, exc)

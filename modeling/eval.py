@@ -313,8 +313,7 @@ def as_predictor(model, processor, max_new_tokens: int) -> Predictor:
     """`model` itself when it is a Predictor (processor None), else model and processor as an `AudioLM`."""
     if processor is None:
         return model
-    # lazy: torch and transformers take seconds to import, and every `dataflux` command imports this module
-    from modeling.answer import AudioLM
+    from modeling.answer import AudioLM  # lazy: torch takes seconds; every `dataflux` command imports this module
 
     return AudioLM(model, processor, max_new_tokens)
 

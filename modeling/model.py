@@ -27,6 +27,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling.adapter import AdapterAux, LinearAdapter, MoEAdapter, RMSNorm, stack_frames
 from modeling.configuration import AUDIO_PAD, EurekaAudioConfig
+from modeling.tokenizer import add_audio_tokens
 
 
 @dataclass
@@ -300,8 +301,6 @@ class EurekaAudioForCausalLM(EurekaAudioPreTrainedModel):
         `modeling.tokenizer.add_audio_tokens`); when None the LM's tokenizer is loaded and extended.
         """
         from transformers import AutoConfig, AutoTokenizer
-
-        from modeling.tokenizer import add_audio_tokens
 
         encoder_config = WhisperConfig.from_pretrained(encoder_path)
         llm_config = AutoConfig.from_pretrained(llm_path)

@@ -22,6 +22,7 @@ import torch
 from transformers import AutoProcessor, ProcessorMixin
 
 from modeling.configuration import AUDIO_END, AUDIO_PAD, AUDIO_START, EurekaAudioConfig, audio_token_count
+from modeling.features import log_mel, n_frames
 from modeling.tokenizer import CHATML_TEMPLATE, IM_END, IM_START, add_audio_tokens
 
 AUDIO_PLACEHOLDER = "<audio>"
@@ -38,17 +39,11 @@ class Encoded:
 
 
 def _mel_frames(num_samples: int) -> int:
-    try:
-        from modeling.features import n_frames
-    except ImportError:  # features not installed: same rule as WhisperFeatureExtractor (last STFT frame dropped)
-        return int(num_samples) // 160
     return int(n_frames(int(num_samples)))
 
 
 def log_mel_batch(waveforms: torch.Tensor, lengths: torch.Tensor, n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Whisper log-mel of a padded batch: (B, T), (B,) -> features (B, M, F), frame lengths (B,)."""
-    from modeling.features import log_mel
-
     return log_mel(waveforms, lengths, n_mels=n_mels)
 
 

@@ -26,9 +26,11 @@ from dataflux.llm.budget import Budget
 from dataflux.llm.cache import CallCache
 from dataflux.llm.client import EndpointPool, LLMClient
 from dataflux.llm.endpoint import EndpointConfigError
+from dataflux.llm.local import LocalCheckpointAnswerer
 from dataflux.llm.messages import clip_audio_part, clip_wav, with_audio
 from dataflux.llm.prompts import Prompt, load_prompt
 from dataflux.records import Clip
+from dataflux.steps.answer import describe_evidence
 from dataflux.steps.base import Answer, Call, Caption, Category, Generation, Question, Verdict
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -233,8 +235,6 @@ class OpenAIAnswerer(_Step):
 
 def _evidence_lines(evidence: Mapping[str, Any]) -> dict[str, str]:
     """The measured evidence as `name: value` lines for the judge prompt."""
-    from dataflux.steps.answer import describe_evidence
-
     key, measured = evidence.get("measured_by"), evidence.get("measured")
     if not key:
         return {}
@@ -306,7 +306,6 @@ def build_openai_step(step: str, step_cfg: Mapping[str, Any], endpoints: Mapping
     if backend == "local":
         if step != "answer":
             raise EndpointConfigError(f"data_catalog.yaml: {where}.backend=local is only for answerers")
-        from dataflux.llm.local import LocalCheckpointAnswerer
         if not step_cfg.get("checkpoint"):
             raise EndpointConfigError(f"data_catalog.yaml: {where}.checkpoint is missing: the path of a "
                                       "trained checkpoint directory (save_pretrained output)")

@@ -80,8 +80,7 @@ class LocalCheckpointAnswerer:
         if not self.checkpoint.is_dir():
             raise FileNotFoundError(f"answerer {self.name}: checkpoint {self.checkpoint} is not a directory; "
                                     "set steps.answerers[].checkpoint to a trained model's folder")
-        # lazy: torch and the model code take seconds to import, which runs without this backend never pay
-        from modeling.answer import AudioLM
+        from modeling.answer import AudioLM  # lazy: torch takes seconds to import; runs without this backend skip it
 
         self._model_id = checkpoint_id(self.checkpoint)
         self._lm = AudioLM.from_checkpoint(self.checkpoint, self.device, self.max_new_tokens)

@@ -15,6 +15,7 @@ from pathlib import Path
 from dataflux.report.card import dataset_card
 from dataflux.report.facts import VersionFacts, load_version_facts, read_version_rows
 from dataflux.report.summary import version_markdown
+from dataflux.storage.shards import ChecksumMismatch, resolve_path
 
 __all__ = ["ReportFiles", "VersionFacts", "dataset_card", "load_version_facts", "read_version_rows",
            "summary_markdown", "version_markdown", "write_report"]
@@ -61,8 +62,6 @@ def write_report(catalog, vid: str, out_dir: str | os.PathLike, *, copy_shards: 
 
 def _verified_bytes(path: str, expected_sha256: str) -> bytes:
     """A shard's bytes (local path or URI), refused when they no longer match the catalog."""
-    from dataflux.storage.shards import ChecksumMismatch, resolve_path
-
     fs, inner = resolve_path(path)
     with fs.open_input_stream(inner) as f:
         data = f.read()

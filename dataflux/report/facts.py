@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from dataflux.storage.row_schema import SAMPLE_SCHEMA
 from dataflux.storage.shards import read_shard
 
 ROW_COLUMNS = [
@@ -82,8 +83,6 @@ def read_version_rows(catalog, vid: str, columns: list[str] | None = None) -> pa
     Returns an Arrow table with `columns` (default `ROW_COLUMNS`), shards in partition order.
     A version with no rows yields an empty table with the same columns.
     """
-    from dataflux.storage.row_schema import SAMPLE_SCHEMA
-
     columns = columns or ROW_COLUMNS
     tables = [read_shard(s["path"], s["sha256"], columns=columns, optional=OPTIONAL_COLUMNS)
               for s in catalog.shards(vid) if s["path"] is not None]

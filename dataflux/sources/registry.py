@@ -6,8 +6,13 @@ import hashlib
 import json
 from typing import Iterator
 
+from dataflux import __version__
 from dataflux.config import Config
 from dataflux.records import Reject, SourceItem
+from dataflux.sources.demo import iter_demo_items
+from dataflux.sources.folder import FolderSource
+from dataflux.sources.hf import HFSource
+from dataflux.sources.manifest import ManifestSource
 
 
 class DemoSource:
@@ -19,8 +24,6 @@ class DemoSource:
         self.size, self.seed, self.error_rate, self.license = size, seed, error_rate, license
 
     def iter_items(self, partition: int = 0, n_partitions: int = 1) -> Iterator[SourceItem | Reject]:
-        from dataflux.sources.demo import iter_demo_items
-
         for item in iter_demo_items(self.size, seed=self.seed, error_rate=self.error_rate,
                                     partition=partition, n_partitions=n_partitions):
             item.source = self.name
@@ -28,8 +31,6 @@ class DemoSource:
             yield item
 
     def fingerprint(self) -> str:
-        from dataflux import __version__
-
         spec = {"size": self.size, "seed": self.seed, "error_rate": self.error_rate, "code": __version__}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -50,18 +51,12 @@ def open_source(config: Config, name: str):
                           error_rate=spec.get("error_rate", 0.1), license=spec.get("license", "CC0-1.0 (synthesized)"))
     path = config.resolve_source_path(spec["path"])
     if kind == "folder":
-        from dataflux.sources.folder import FolderSource
-
         return FolderSource(name, path, labels=spec.get("labels"), fields=fields, license=license,
                             format=spec.get("format"), allow_outside_root=outside)
     if kind == "manifest":
-        from dataflux.sources.manifest import ManifestSource
-
         return ManifestSource(name, path, fields=fields, license=license, format=spec.get("format"),
                               allow_outside_root=outside)
     if kind == "hf":
-        from dataflux.sources.hf import HFSource
-
         return HFSource(name, path, data_format=spec.get("data_format"), split=spec.get("split", "train"),
                         streaming=spec.get("streaming", False), fields=fields, license=license,
                         limit=spec.get("limit"), allow_outside_root=outside)

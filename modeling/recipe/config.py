@@ -30,6 +30,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from dataflux.yaml_io import cut, read_yaml
 from modeling.data import TASKS
 from modeling.lora import DEFAULT_TARGETS
+from modeling.pretrained.packaged import resolve_path
 
 SECTIONS = ("model", "train", "name")
 MIXTURES = ("category_weights", "task_weights")  # TrainSpec fields that map a name to a weight
@@ -271,9 +272,6 @@ def _check_model(spec: ModelSpec, where: str) -> None:
                 raise ValueError(f"{where}.{name}: {getattr(spec, name)!r} names an unset environment variable; "
                                  f"set it or pass --set model.{name}=/local/path")
             if value.startswith("packaged:"):
-                # lazy: converting a packaged model needs torch and transformers, most configs never do
-                from modeling.pretrained.packaged import resolve_path
-
                 value = resolve_path(value)
             setattr(spec, name, value)
     if spec.encoder is None and spec.encoder_path is None:
