@@ -42,11 +42,13 @@ def cmd_demo(args) -> int:
     print(f"DataFlux demo: {args.size} synthesized clips (planted wrong labels: {args.error_rate:.0%})"
           f"{', verification off' if args.unverified else ''}; state in {config.home}")
     summary = run_synthesis(config, name="demo-unverified" if args.unverified else "demo", progress=not args.quiet,
-                            **_wait_args(args))
+                            allow_empty=args.allow_empty, **_wait_args(args))
     if summary.get("status") != "completed":
         print(f"run {summary['run_id']} did not complete ({summary['status']}); rerun `dataflux demo` to resume",
               file=sys.stderr)
         return 1
+    if _refused_empty(args, summary):
+        return 2
     stats = Catalog(config.catalog_path, read_only=True).stats(summary["version"])
     _print_stats(summary["version"], stats)
     return 0
@@ -62,8 +64,27 @@ def plant_on_sources(config, names: list[str], rate: float) -> None:
             spec["plant_errors"] = rate
 
 
+def _refused_empty(args, summary: dict[str, Any]) -> bool:
+    """Whether the run made a version without rows and no `--allow-empty` was given; if so, says why on one
+    line of stderr (the version stays a draft)."""
+    empty = summary.get("empty")
+    if empty is None or args.allow_empty:
+        return False
+    reasons = ", ".join(f"{r}={n}" for r, n in empty["top_rejects"].items())
+    why = f"all {empty['items']} items rejected (most: {reasons})" if reasons else f"{empty['items']} items, none kept"
+    print(f"dataflux {args.command}: error: version {summary['version']} has no rows: {why}; it stays a draft: "
+          f"see `dataflux stats {summary['version']}`, fix the source or its taxonomy, "
+          f"or pass --allow-empty to finalize it empty", file=sys.stderr)
+    return True
+
+
 def _wait_args(args) -> dict[str, Any]:
     return {"wait": args.wait, "wait_timeout_s": args.wait_timeout}
+
+
+def _add_allow_empty_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-empty", action="store_true",
+                   help="finalize the version even if every item was rejected (default: it stays a draft, exit 2)")
 
 
 def _add_wait_flags(p: argparse.ArgumentParser) -> None:
@@ -91,11 +112,13 @@ def cmd_run(args) -> int:
         config = unverified(config)
     summary = run_synthesis(config, sources=args.source or None, version=args.version, name=args.name,
                             finalize=not args.no_finalize, progress=not args.quiet, reuse=not args.no_reuse,
-                            **_wait_args(args))
+                            allow_empty=args.allow_empty, **_wait_args(args))
     _print_json(summary) if args.json else print(
         f"{summary['version']}: {summary['status']}, {summary['rows']} rows, {summary['rejects']} rejects"
         + (" (finalized)" if "finalized" in summary else ""))
-    return 0 if summary["status"] == "completed" else 1
+    if summary["status"] != "completed":
+        return 1
+    return 2 if _refused_empty(args, summary) else 0
 
 
 def cmd_versions(args) -> int:
@@ -228,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="rows to emit beside the questions: all, or a comma list of "
                                    "mcq,asr,caption,open_qa (default: mcq only)")
     p.add_argument("--quiet", action="store_true")
+    _add_allow_empty_flag(p)
     _add_wait_flags(p)
     p.set_defaults(func=cmd_demo)
 
@@ -246,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verification off (loop.verify: false): the unverified twin of the version")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    _add_allow_empty_flag(p)
     _add_wait_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -94,9 +94,10 @@ def resolve_config(config_path: str | None, demo_size: int | None = None) -> Con
 def run_synthesis(config: Config, *, sources: list[str] | None = None, version: str | None = None,
                   name: str | None = None, finalize: bool = True, progress: bool = False,
                   max_partitions: int | None = None, reuse: bool = True, wait: bool = False,
-                  wait_timeout_s: float | None = None) -> dict[str, Any]:
+                  wait_timeout_s: float | None = None, allow_empty: bool = False) -> dict[str, Any]:
     """Build (or resume) a version from `sources` and finalize it. Runs as the `synthesize` flow.
     `reuse=False` processes every source even when an earlier version holds it unchanged.
+    A version without rows stays a draft (the summary's `empty` says why) unless `allow_empty`.
 
     The catalog's writer lock is taken before the flow starts, so a second run on the same catalog
     is refused at once (`CatalogBusy`, naming the holder), or with `wait=True` waits for the first
@@ -111,7 +112,7 @@ def run_synthesis(config: Config, *, sources: list[str] | None = None, version: 
                                                notify=lambda msg: print(msg, file=sys.stderr, flush=True)):
         return flow_fn(config_file=config_file, config_sha256=config_sha256, sources=sources, version=version,
                        name=name, finalize=finalize, progress=progress, max_partitions=max_partitions, reuse=reuse,
-                       run_id=run_id)
+                       run_id=run_id, allow_empty=allow_empty)
 
 
 def new_run_id() -> str:
@@ -160,7 +161,7 @@ def stop_server_on_signals() -> Iterator[None]:
 def synthesize_flow(config_file: str, config_sha256: str, sources: list[str] | None = None,
                     version: str | None = None, name: str | None = None, finalize: bool = True,
                     progress: bool = False, max_partitions: int | None = None, reuse: bool = True,
-                    run_id: str | None = None) -> dict[str, Any]:
+                    run_id: str | None = None, allow_empty: bool = False) -> dict[str, Any]:
     """Build a version from the config saved at `config_file` (`write_snapshot`; its sha256 is checked).
     `reuse`: commit unchanged sources' partitions from an earlier finalized version instead of
     processing them again (dataflux.incremental). The run holds the catalog's writer lock throughout
@@ -169,7 +170,7 @@ def synthesize_flow(config_file: str, config_sha256: str, sources: list[str] | N
     run_id = run_id or new_run_id()
     with writer_lock(config.catalog_path, run_id):
         return _synthesize(config, (config_file, config_sha256), sources, version, name, finalize, progress,
-                           max_partitions, reuse, run_id)
+                           max_partitions, reuse, run_id, allow_empty=allow_empty)
 
 
 def _open_sources(config: Config, chosen: list[str]) -> None:
@@ -181,7 +182,7 @@ def _open_sources(config: Config, chosen: list[str]) -> None:
 
 def _synthesize(config: Config, snapshot: tuple[str, str], sources: list[str] | None, version: str | None,
                 name: str | None, finalize: bool, progress: bool, max_partitions: int | None, reuse: bool,
-                run_id: str) -> dict[str, Any]:
+                run_id: str, *, allow_empty: bool = False) -> dict[str, Any]:
     logger = get_run_logger()
     chosen = sources or list(config.sources)
     unknown = [s for s in chosen if s not in config.sources]
@@ -236,11 +237,27 @@ def _synthesize(config: Config, snapshot: tuple[str, str], sources: list[str] | 
         raise user_errors[0]
     catalog.finish_run(run_id, status=status, counts=counts)
     summary: dict[str, Any] = {"version": version_id, "run_id": run_id, "status": status, **counts}
-    if complete and finalize:
+    empty = _why_empty(catalog, version_id) if complete else None
+    if empty is not None:
+        summary["empty"] = empty
+        logger.warning("version %s has no rows: %s", version_id, empty)
+    if complete and finalize and (empty is None or allow_empty):
         summary["finalized"] = catalog.finalize(version_id)
         _publish_summary(catalog, version_id)
         _emit_finalized(version_id, summary["finalized"], catalog_path=str(config.catalog_path))
     return summary
+
+
+def _why_empty(catalog, version_id: str, top: int = 3) -> dict[str, Any] | None:
+    """None when the version holds rows; else what became of its items: their number and the `top` most
+    common reject reasons (`stage/reason` -> count), so that an empty run says why instead of finalizing."""
+    [(rows,)] = catalog.fetch("SELECT coalesce(sum(rows), 0) FROM shards WHERE version_id = ?", [version_id])
+    if rows:
+        return None
+    [(items,)] = catalog.fetch("SELECT count(*) FROM items WHERE version_id = ?", [version_id])
+    reasons = catalog.fetch("SELECT stage || '/' || reason, count(*) FROM rejects WHERE version_id = ? "
+                            "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [version_id, top])
+    return {"items": int(items), "top_rejects": {r: int(n) for r, n in reasons}}
 
 
 def _commit_as_completed(futures, catalog, version_id: str, run_id: str, counts: dict[str, Any], bar,
