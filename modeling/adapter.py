@@ -188,7 +188,7 @@ class MoEAdapter(nn.Module):
         h = F.silu(torch.baddbmm(self.b1.unsqueeze(1), buf, self.w1))
         y = torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)  # (E, C, D_in)
         weighted = y[sorted_e, slot] * gates.reshape(-1)[order].unsqueeze(-1).to(y.dtype)
-        return x.new_zeros(n, d).index_add(0, token, weighted)
+        return weighted.new_zeros(n, d).index_add(0, token, weighted)  # weighted's dtype: bf16 under autocast
 
     def _experts_dense(self, x: torch.Tensor, gates: torch.Tensor, top_i: torch.Tensor) -> torch.Tensor:
         """Every expert on every token, weighted by a dense gate matrix with zeros off the top-k."""
@@ -207,7 +207,7 @@ class MoEAdapter(nn.Module):
                 continue
             h = F.silu(x[rows] @ self.w1[e] + self.b1[e])
             y = h @ self.w2[e] + self.b2[e]
-            out = out.index_add(0, rows, y * gates[rows, which].unsqueeze(-1).to(y.dtype))
+            out = out.index_add(0, rows, (y * gates[rows, which].unsqueeze(-1).to(y.dtype)).to(out.dtype))
         return out
 
     # -- public entry points ---------------------------------------------------------------------

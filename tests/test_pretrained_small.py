@@ -204,3 +204,19 @@ def test_small_preset_runs_through_the_trainer(folders, tmp_path, monkeypatch):
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [s["loss"] for s in steps if "loss" in s]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses), steps
+
+
+def test_moe_adapter_trains_under_bf16_autocast():
+    """precision auto is bf16 autocast on a GPU: the expert outputs (bf16) must add into a buffer of their dtype."""
+    from modeling.adapter import MoEAdapter
+
+    torch.manual_seed(0)
+    adapter = MoEAdapter(64, 32, n_experts=4, top_k=2, n_shared=1, expert_hidden=16)
+    x = torch.randn(2, 5, 64)
+    for dispatch in ("batched", "loop"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, aux = adapter(x, dispatch=dispatch)
+            loss = out.float().pow(2).mean() + aux.loss
+        loss.backward()
+        assert torch.isfinite(loss) and adapter.w1.grad is not None and adapter.w1.grad.abs().sum() > 0
+        adapter.zero_grad()
