@@ -29,6 +29,12 @@ import real_audio as ra
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ("librispeech", "common_voice", "esc50", "audiocaps", "clotho", "gtzan", "nsynth")
 N_CLIPS = 12
+# leaves each layout's taxonomy must make rows of on its corpus: the corpus's own kind of question, not only
+# the measurements every recording gets (esc50 keeps measured rows only: its class labels are metadata)
+OWN_LEAVES = {"librispeech": {"spoken_text", "spoken_word_count", "speaker_gender"},
+              "common_voice": {"spoken_text", "spoken_language", "speaker_gender"},
+              "esc50": {"relative_duration"}, "audiocaps": {"relative_duration"}, "clotho": {"relative_duration"},
+              "gtzan": {"music_genre"}, "nsynth": {"music_instrument"}}
 
 
 def commented_layouts(catalog: Path = ROOT / "data_catalog.yaml") -> dict[str, dict]:
@@ -70,14 +76,14 @@ def _events() -> list[dict]:
 
 
 def _librispeech(spec: dict, folder: Path) -> None:
-    """<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac and a TSV written from the transcripts,
-    upper case without punctuation as LibriSpeech's *.trans.txt are."""
+    """<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac and a TSV written from the transcripts (upper case
+    without punctuation, as LibriSpeech's *.trans.txt are) and SPEAKERS.TXT's sex (F)."""
     rows = []
     for i, r in enumerate(_speech("en")):
         rel = f"1272/128104/1272-128104-{i:04d}.flac"
         _write(r["file"], folder / rel, "FLAC")
         text = " ".join(re.sub(r"[^\w' ]+", " ", r["transcript"]).upper().split())
-        rows.append({"file": rel, "transcript": text, "speaker": "1272"})
+        rows.append({"file": rel, "transcript": text, "speaker": "1272", "gender": "F", "language": "en"})
     _write_table(folder / spec["labels"], rows, delimiter="\t")
 
 
@@ -190,7 +196,7 @@ def _run_cli(*args: str, cwd: Path, env_home: Path) -> subprocess.CompletedProce
 
 
 def test_every_layout_named_in_data_catalog_yaml_is_built_here():
-    assert set(commented_layouts()) == set(LAYOUTS) == set(BUILDERS)
+    assert set(commented_layouts()) == set(LAYOUTS) == set(BUILDERS) == set(OWN_LEAVES)
 
 
 @pytest.mark.slow
@@ -214,10 +220,13 @@ def test_a_commented_layout_yields_rows_on_a_corpus_of_its_shape(name, tmp_path)
     summary = json.loads(done.stdout)
     assert summary["status"] == "completed" and "finalized" in summary and "empty" not in summary, summary
     assert summary["items"] == N_CLIPS, summary
-    assert summary["finalized"]["n_rows"] == summary["rows"] > 0, (summary, _rejects(path, summary["version"], tmp_path))
+    stats = _stats(path, summary["version"], tmp_path)
+    assert summary["finalized"]["n_rows"] == summary["rows"] > 0, (summary, stats["rejects_by_reason"])
+    assert OWN_LEAVES[name] <= set(stats["samples_per_category"]), (stats["samples_per_category"],
+                                                                    stats["rejects_by_reason"])
 
 
-def _rejects(config: Path, version: str, tmp_path: Path) -> str:
-    """The version's rejects by reason (for a failing assertion's message)."""
+def _stats(config: Path, version: str, tmp_path: Path) -> dict:
     done = _run_cli("stats", version, "--config", str(config), "--json", cwd=tmp_path, env_home=tmp_path / "home")
-    return json.dumps(json.loads(done.stdout).get("rejects_by_reason")) if done.returncode == 0 else done.stderr
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
