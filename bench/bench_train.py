@@ -115,7 +115,8 @@ def bench_encoder(repeats: int, seconds: float, threads: int) -> dict:
     import ctranslate2  # only this section needs it
 
     from modeling.features import log_mel
-    from modeling.pretrained.packaged import PACKAGED, packaged_folder, packaged_weights
+    from dataflux.audio.whisper import ensure_whisper_base
+    from modeling.pretrained.packaged import packaged_folder
 
     torch.set_num_threads(threads)
     encoder = load_whisper_encoder(packaged_folder("whisper-base")).eval()
@@ -123,7 +124,7 @@ def bench_encoder(repeats: int, seconds: float, threads: int) -> dict:
     short, _ = log_mel(torch.from_numpy(audio)[None], n_mels=80)
     window = np.zeros((1, 80, 3000), dtype=np.float32)
     window[..., : short.shape[-1]] = short.numpy()
-    ct2_dir = packaged_weights.cache_dir() / "models" / PACKAGED["whisper-base"].source_folder
+    ct2_dir = ensure_whisper_base()
 
     def median_s(fn) -> float:
         fn()

