@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= test
 # Prefect and Ray defaults for scripts run through make (bench/): the values of flows/prefect_env.py,
-# which the commands and tests apply themselves; tests/test_ops_cli.py checks the two agree.
+# which the commands and tests apply themselves; tests/cli/test_ops_cli.py checks the two agree.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120

@@ -4,7 +4,7 @@
 
 One asyncio protocol speaking just enough HTTP/1.1 (keep-alive, Content-Length bodies) to answer
 `POST /v1/chat/completions` with `{"answer": "ok"}` after the latency, and `GET /_stats` with the
-token totals it reported. Usage is counted as tests/fault_server.py counts it (prompt tokens = words
+token totals it reported. Usage is counted as tests/helpers/fault_server.py counts it (prompt tokens = words
 of the request's text, completion tokens = words of the reply + 1), so a client's cost report can be
 checked against it. It spends far less CPU per request than a framework server, so a benchmark
 measures the client, not the server (the benchmark prints the server's CPU per request too).

@@ -3,7 +3,7 @@
 Prefect reads its settings from the environment when it is first imported, so every entry point
 (the `dataflux` commands, the local server, the tests) applies these before importing it. Each is
 a default: a value already in the environment wins. The Makefile exports the same values for
-scripts run through it; tests/test_ops_cli.py checks the two agree.
+scripts run through it; tests/cli/test_ops_cli.py checks the two agree.
 """
 
 from __future__ import annotations

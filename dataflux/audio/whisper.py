@@ -121,7 +121,7 @@ class WhisperRecognizer:
         return [tok.decode([t for t in r.sequences_ids[0] if t < tok.eot]).strip() for r in found]
 
 
-CLAIM_FLOOR = -3.0  # mean log-prob per token under which a claimed text is not heard (tests/test_whisper_recognizer.py)
+CLAIM_FLOOR = -3.0  # mean log-prob per token under which a claimed text is not heard (tests/dataflux/audio/test_whisper_recognizer.py)
 LANGUAGE_FLOOR = 0.03  # probability of the claimed language under which the claim is contradicted
 
 
