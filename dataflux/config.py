@@ -223,7 +223,7 @@ def write_snapshot(config: Config) -> tuple[str, str]:
     relative paths in it still resolve against the config's folder."""
     body = json.dumps({"origin": str(config.path) if config.path else "<config>",
                        "path": str(config.path) if config.path else None, "data": config.data},
-                      sort_keys=True, default=str).encode()
+                      default=str).encode()  # keys in the config's own order: sources run in file order
     sha = hashlib.sha256(body).hexdigest()
     folder = config.home / "configs"
     folder.mkdir(parents=True, exist_ok=True)
