@@ -138,3 +138,30 @@ def test_every_third_party_import_is_declared_in_pyproject():
     assert not undeclared, ("imports whose distribution pyproject.toml does not declare; add each to "
                             "[project] dependencies, or to an extra if only an optional path uses it:\n"
                             + "\n".join(undeclared))
+
+
+# The floors inside the libraries, top first, as the README's Layout lists them: a module may import its
+# own room and the rooms below it. Ground-floor modules (records, fields, taxonomy, config...) are below all.
+INNER_FLOORS = ("dataflux.pipeline", "dataflux.incremental", "dataflux.backends", "dataflux.llm", "dataflux.loop",
+                "modeling", "dataflux.sources", "dataflux.steps", "dataflux.claims", "dataflux.audio", "dataflux.report",
+                "dataflux.packaged_weights", "dataflux.storage")
+
+
+def _room(module: str) -> int | None:
+    return next((i for i, room in enumerate(INNER_FLOORS) if module == room or module.startswith(room + ".")), None)
+
+
+def test_the_libraries_rooms_import_only_rooms_below_them():
+    offenders = []
+    for package in ("dataflux", "modeling"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = _module_name(path)
+            here = _room(module)
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for line, name in _named_modules(tree, module, path.name == "__init__.py"):
+                there = _room(name)
+                if here is not None and there is not None and there < here:
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: {module} -> {name}")
+                elif here is None and there is not None and name.split(".")[0] in ("dataflux", "modeling"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: ground floor {module} -> {name}")
+    assert not offenders, "imports that climb the libraries' floors (README, Layout):\n" + "\n".join(offenders)
