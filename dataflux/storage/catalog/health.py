@@ -46,7 +46,9 @@ def problem(path: str | os.PathLike[str]) -> str | None:
     except duckdb.Error:  # open in this process under another configuration: not the file's fault
         return None
     try:
-        block_size, blocks = con.execute("SELECT block_size, total_blocks FROM pragma_database_size()").fetchone()
+        # used blocks, not total: free blocks at the end may lie past the file's end after a crash,
+        # so only a file shorter than the blocks in use is surely cut short
+        block_size, blocks = con.execute("SELECT block_size, used_blocks FROM pragma_database_size()").fetchone()
         con.execute("SELECT count(*) FROM duckdb_tables()").fetchall()
     except duckdb.Error as exc:
         return f"its contents cannot be read ({one_line(exc)})"
@@ -54,7 +56,7 @@ def problem(path: str | os.PathLike[str]) -> str | None:
         con.close()
     expected = HEADER_BYTES + int(blocks) * int(block_size)
     if size < expected:
-        return f"it is cut short ({size} bytes; its header counts {blocks} blocks, {expected} bytes)"
+        return f"it is cut short ({size} bytes; its header counts {blocks} blocks in use, {expected} bytes)"
     return None
 
 
