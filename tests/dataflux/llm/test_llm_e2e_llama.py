@@ -68,12 +68,13 @@ def llama_run(tmp_path_factory):
     proc, base_url = start_server(model, port=_free_port(), n_ctx=4096, n_threads=1, log_path=log)
     try:
         config = llama_config(base_url)
-        first = run_synthesis(config, name="llama")
+        # the 135M model may keep no row at all; that version is still finalized, so its rejects can be read
+        first = run_synthesis(config, name="llama", allow_empty=True)
         first_counters = run_accounts(config, first["run_id"]).counters.snapshot()
         # the same sources into a new version with nothing reused: only the call cache can spare the calls
         second = synthesize_flow.with_options(task_runner=task_runner_for(config))(
             *write_snapshot(config),  # the config travels as a file and its hash
-            name="llama-rerun", reuse=False)
+            name="llama-rerun", reuse=False, allow_empty=True)
         second_counters = run_accounts(config, second["run_id"]).counters.snapshot()
         yield {"config": config, "first": first, "second": second, "first_counters": first_counters,
                "second_counters": second_counters}
