@@ -18,6 +18,7 @@ from dataflux.llm.backends import build_openai_step
 from dataflux.llm.budget import Budget
 from dataflux.llm.client import EndpointPool
 from dataflux.llm.counters import CallCounters
+from dataflux.llm.text_only import text_only_panel
 from dataflux.loop import Steps
 from dataflux.steps.answer import CaptionReader, MeasuringAnswerer
 from dataflux.steps.caption import ReferenceCaptioner
@@ -86,6 +87,7 @@ def build_steps(config: Config, taxonomy, *, run_id: str = "adhoc", cache=None) 
         writer=TemplateQuestionWriter() if generate["backend"] == "reference" else model_step("generate", generate),
         answerers=answerers,
         judge=ReferenceJudge() if judge["backend"] == "reference" else model_step("judge", judge),
+        text_only=text_only_panel(answerers),
     )
     return steps, pool
 

@@ -11,6 +11,8 @@
     any other DISCARD or failed check -> regenerate with the judge's reasoning as feedback
     finally, every caption claim the measurement contradicts is corrected (or dropped), so no
     row's caption asserts a fact the audio disproves, even for leaves no question was about.
+    each kept question is answered again without its audio and caption (steps.text_only: the
+    audio-contribution filter), and its row records whether it needs the audio (`audio_needed`).
 
 Kept questions become sample rows (the row contract in dataflux.storage.row_schema); questions
 still failing after the last round become `Reject(stage="verify")`.
@@ -40,6 +42,7 @@ from dataflux.steps.caption import ReferenceCaptioner
 from dataflux.steps.checks import CheckResult, run_checks
 from dataflux.steps.generate import TemplateQuestionWriter, measured_feedback
 from dataflux.steps.judge import DISCARD, ReferenceJudge, build_evidence
+from dataflux.steps.text_only import StemReader, TextOnlyAnswerer, audio_needed_fields
 from dataflux.steps.mcq_row import (  # noqa: F401  (split_for, model_correct: public names of the loop)
     UNVERIFIED_VERDICT, mcq_row, model_correct, split_for, verification_of, wav_bytes)
 
@@ -75,12 +78,14 @@ class LoopConfig:
 
 @dataclass
 class Steps:
-    """The step backends one run uses. MODEL_A in a verdict is answerers[0], MODEL_B answerers[1]."""
+    """The step backends one run uses. MODEL_A in a verdict is answerers[0], MODEL_B answerers[1].
+    `text_only`: who answers a kept question without its audio or caption (none: no `audio_needed`)."""
 
     captioner: Captioner
     writer: QuestionWriter
     answerers: list[Answerer]
     judge: Judge
+    text_only: list[TextOnlyAnswerer] = field(default_factory=list)
 
 
 def build_reference_steps(taxonomy: Any = None) -> Steps:
@@ -93,6 +98,7 @@ def build_reference_steps(taxonomy: Any = None) -> Steps:
         writer=TemplateQuestionWriter(),
         answerers=[MeasuringAnswerer(), CaptionReader()],
         judge=ReferenceJudge(),
+        text_only=[StemReader()],
     )
 
 
@@ -121,6 +127,7 @@ class _Outcome:
     answers: list[Answer]
     verdict: Verdict | None
     calls: list[Call]
+    text_only: list[Answer] = field(default_factory=list)  # answers given without the audio (kept questions)
 
     @property
     def failed_checks(self) -> list[CheckResult]:
@@ -311,14 +318,32 @@ async def run_clip(clip: Clip, categories: Sequence[Category], steps: Steps, cfg
         stats.add("recaptions")
 
     kept, rejects = _collect(clip, states, dropped, stats)
+    await _answer_without_audio(clip, [o for _, _, o in kept], steps, stats)
     corrected = bool(getattr(caption, "corrected", None))
     if corrected:
         stats.add("corrected_clips")
     audio = {"bytes": wav_bytes(clip.samples, clip.sampling_rate), "path": f"{clip.sample_key}.wav"}
-    rows = [mcq_row(clip, caption, caption_calls, s, k, o, audio, corrected, len(kept), categories)
-            for s, k, o in kept]
+    rows = [{**mcq_row(clip, caption, caption_calls, s, k, o, audio, corrected, len(kept), categories),
+             **audio_needed_fields(o.text_only, o.question.answer_index)} for s, k, o in kept]
     stats.add("rows", len(rows))
     return rows, rejects
+
+
+async def _answer_without_audio(clip: Clip, kept: list[_Outcome], steps: Steps, stats: LoopStats) -> None:
+    """Every kept question put to the text-only answerers (stem and options; silence of the clip's
+    length for a model that must hear something). Their answers and calls join the outcome, so the
+    row records them and counts their cost like every other call of the question."""
+    if not steps.text_only or not kept:
+        return
+    n = len(clip.samples)
+    answers = await asyncio.gather(*(a.answer_without_audio(o.question, n, clip.sampling_rate)
+                                     for o in kept for a in steps.text_only))
+    width = len(steps.text_only)
+    for i, o in enumerate(kept):
+        o.text_only = list(answers[i * width:(i + 1) * width])
+        o.calls.extend(a.call for a in o.text_only)
+        if audio_needed_fields(o.text_only, o.question.answer_index)["audio_needed"] is False:
+            stats.add("text_answerable")
 
 
 async def _run_unverified(clip: Clip, caption: Caption, caption_calls: list[Call], categories: Sequence[Category],

@@ -9,7 +9,8 @@ The model is asked exactly as it was trained (`modeling.eval.format_prompt`: the
 placeholder, the question, lettered options) through the one answering function
 (`modeling.answer.AudioLM`) and answers like "(B) 440 Hz"; that output is the answer's
 reasoning. Inference runs in a worker thread, one question at a time per model, so the event
-loop keeps serving the other steps.
+loop keeps serving the other steps. For the audio-contribution filter (`dataflux.steps.text_only`) the
+same question is asked again with the audio zeroed (`answer_without_audio`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dataflux.records import Clip
 from dataflux.steps.base import Answer, Call, Caption, Category, Question
@@ -97,10 +100,22 @@ class LocalCheckpointAnswerer:
         if clip.sampling_rate != 16000:
             raise ValueError(f"answerer {self.name}: clip {clip.item.source_id} is at {clip.sampling_rate} Hz; "
                              "the model expects 16 kHz samples")
-        text, n_in, n_out, seconds = await asyncio.to_thread(self._answer_sync, clip.samples, question)
+        return await self._answer(clip.samples, question, heard=True)
+
+    async def answer_without_audio(self, question: Question, n_samples: int, sampling_rate: int = 16000) -> Answer:
+        """The audio-contribution filter's question (dataflux.steps.text_only): the same prompt with the
+        audio zeroed, `n_samples` of silence at 16 kHz (the clip's own length)."""
+        if sampling_rate != 16000:
+            raise ValueError(f"answerer {self.name}: {sampling_rate} Hz audio; the model expects 16 kHz samples")
+        return await self._answer(np.zeros(int(n_samples), dtype=np.float32), question, heard=False)
+
+    async def _answer(self, samples: np.ndarray, question: Question, heard: bool) -> Answer:
+        text, n_in, n_out, seconds = await asyncio.to_thread(self._answer_sync, samples, question)
         idx = parse_choice(text, question.choices)
-        call = Call(step="answer", backend=self.backend, model=self.model, prompt_sha256="",
-                    params={"answerer": self.name, "max_new_tokens": self.max_new_tokens, "do_sample": False},
+        params = {"answerer": self.name, "max_new_tokens": self.max_new_tokens, "do_sample": False,
+                  **({} if heard else {"text_only": True, "audio": "zeroed"})}
+        call = Call(step="answer", backend=self.backend, model=self.model, prompt_sha256="", params=params,
                     seed=None, tokens_in=n_in, tokens_out=n_out, cost_usd=0.0, latency_s=seconds)
-        reasoning = f"The trained model answered {text!r}." if text else "The trained model gave no answer."
-        return Answer(self.name, True, reasoning, idx, question.choices[idx] if idx is not None else None, call)
+        said = f"The trained model answered {text!r}" if text else "The trained model gave no answer"
+        reasoning = said + ("." if heard else " with the audio zeroed.")
+        return Answer(self.name, heard, reasoning, idx, question.choices[idx] if idx is not None else None, call)

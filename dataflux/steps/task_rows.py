@@ -80,6 +80,7 @@ def _task_row(base: Mapping[str, Any], task: str, sample_id: str, path: Sequence
         "reasoning": reasoning, "winner": "TIE", "answers": [], "verdict": _verdict(reasoning),
         "checks": checks, "calls": calls, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0,
         "messages": task_messages(task, question, answer), "row_sha256": None,
+        "audio_needed": None, "text_only_answers": None,  # the audio-contribution filter asks questions only
     })
     return row
 

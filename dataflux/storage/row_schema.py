@@ -102,6 +102,8 @@ SAMPLE_SCHEMA = pa.schema([
     ("corrected_from_measurement", pa.bool_()),
     ("verification", pa.string()),  # measured | judged | metadata-only | unverified (None on rows written before it existed)
     ("model_correct", pa.bool_()),  # did our own trained model (a `local` answerer) pick the answer? None: not asked
+    ("audio_needed", pa.bool_()),  # False: most text-only answerers picked the key (dataflux.steps.text_only); None: not asked
+    ("text_only_answers", pa.list_(_ANSWER)),  # the answers given without audio or caption; None: not asked
     ("calls", pa.list_(_CALL)),
     ("tokens_in", pa.int64()),
     ("tokens_out", pa.int64()),
@@ -115,10 +117,11 @@ SAMPLE_SCHEMA = pa.schema([
 
 COLUMNS: tuple[str, ...] = tuple(SAMPLE_SCHEMA.names)
 # Columns a row may leave as None; every other column must carry a value.
-NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256", "verification", "model_correct", "task", "answer_index"})
+NULLABLE_COLUMNS = frozenset({"transcript", "row_sha256", "verification", "model_correct", "task", "answer_index",
+                              "audio_needed", "text_only_answers"})
 # Columns added to the contract later: left out of the content hash when a row lacks them, so an
 # older row keeps the hash it was written with.
-_LATER_COLUMNS = frozenset({"verification", "model_correct"})
+_LATER_COLUMNS = frozenset({"verification", "model_correct", "audio_needed", "text_only_answers"})
 VERIFICATION_LEVELS = ("measured", "judged", "metadata-only", "unverified")
 
 TASKS: tuple[str, ...] = ("mcq", "asr", "caption", "open_qa")

@@ -63,7 +63,8 @@ def test_a_wrong_claimed_pitch_is_corrected_from_the_measurement():
     assert all(r["corrected_from_measurement"] for r in rows)
     assert json.loads(rows[0]["caption_claims"])["tone_pitch"] == "440 Hz" and "440 Hz" in rows[0]["caption"]
     # provenance shows the regeneration: two caption calls and two generate calls for the pitch rows
-    assert Counter(c["step"] for c in pitch[0]["calls"]) == {"caption": 2, "generate": 2, "answer": 4, "judge": 2}
+    # (answers: two answerers in each of two rounds, then the kept question asked once without its audio)
+    assert Counter(c["step"] for c in pitch[0]["calls"]) == {"caption": 2, "generate": 2, "answer": 5, "judge": 2}
     assert stats.counts["recaptions"] == 1
 
 
