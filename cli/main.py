@@ -163,6 +163,11 @@ def _print_stats(version: str, stats: dict) -> None:
     for leaf, d in (stats.get("planted_by_leaf") or {}).items():
         print(f"  planted {leaf}: caught {d.get('caught', 0)} of {d.get('planted', 0)}; "
               f"clean lost {d.get('clean_rejected', 0)} of {d.get('clean_asked', 0)}")
+    blind = stats.get("text_answerable") or {}
+    if blind.get("asked"):
+        print(f"  answerable without the audio (audio_needed=false): {blind['text_answerable']} of {blind['asked']} "
+              f"({blind['share']:.1%}); " + ", ".join(f"{leaf}={d['text_answerable']}/{d['asked']}"
+                                                    for leaf, d in blind["by_leaf"].items()))
     model = stats.get("model_accuracy")
     if model:
         print(f"  our model's accuracy: {model['accuracy']:.1%} of {model['n']} questions; " + ", ".join(

@@ -108,7 +108,8 @@ def _resume_or_announce(run: Run, progress: Progress, trainable: dict[str, int],
             run.log(f"resumed {run.training_id} from {run.resume_from} at step {progress.step}")
     elif run.main:
         run.log(f"training {run.training_id}: {sum(trainable.values()):,} trainable parameters {trainable}, "
-                f"{len(run.index.rows_of('train'))} train rows, {batches_per_epoch} batches per epoch")
+                f"{len(run.index.rows_of('train'))} train rows ({run.index.text_answerable_left_out} left out as "
+                f"answerable without their audio), {batches_per_epoch} batches per epoch")
 
 
 def _finish(run: Run, model, processor, progress: Progress, outcome: Outcome, trainable: dict[str, int],
@@ -119,7 +120,8 @@ def _finish(run: Run, model, processor, progress: Progress, outcome: Outcome, tr
                                "stop_reason": outcome.stop_reason, "train_minutes": round(progress.elapsed_s / 60, 3),
                                "trainable_parameters": trainable,
                                "parameters": sum(p.numel() for p in unwrapped.parameters()),
-                               "last_loss": outcome.window.mean_loss()}
+                               "last_loss": outcome.window.mean_loss(),
+                               "rows_left_out": {"text_answerable": run.index.text_answerable_left_out}}
     if final is None:
         return None, metrics
     if evaluate:

@@ -40,6 +40,11 @@ def headline(f: VersionFacts) -> list[tuple[str, str]]:
     ]
     if (v.get("notes") or {}).get("verified") is False:
         pairs.append(("verification", "off: the unverified twin, questions kept as written"))
+    blind = (f.stats or {}).get("text_answerable") or {}
+    if blind.get("asked"):
+        pairs.append(("answerable without the audio",
+                      f"{blind['text_answerable']} of {blind['asked']} questions "
+                      f"({_pct(blind['text_answerable'], blind['asked'])}; audio_needed = false)"))
     model = (f.stats or {}).get("model_accuracy")
     if model:
         pairs.append(("our model's accuracy", f"{model['accuracy']:.1%} of {model['n']} questions"))
@@ -105,6 +110,14 @@ def planted_table(f: VersionFacts) -> str:
                    for leaf, d in by_leaf.items()])
 
 
+def text_answerable_table(f: VersionFacts) -> str:
+    """Per category: questions the text-only answerers got right without the audio (audio_needed = false)."""
+    by_leaf = ((f.stats or {}).get("text_answerable") or {}).get("by_leaf") or {}
+    return _table(["category", "questions asked without audio", "answerable without audio"],
+                  [[leaf, d["asked"], f"{d['text_answerable']} ({_pct(d['text_answerable'], d['asked'])})"]
+                   for leaf, d in by_leaf.items()])
+
+
 def model_table(f: VersionFacts) -> str:
     """Our own trained model as an answerer on this version, per category (rows' model_correct)."""
     by = ((f.stats or {}).get("model_accuracy") or {}).get("by_category") or {}
@@ -125,6 +138,8 @@ def version_markdown(f: VersionFacts) -> str:
         parts += ["## How each category was verified", "", verification_table(f), ""]
     if (f.stats or {}).get("planted_by_leaf"):
         parts += ["## Planted errors per category", "", planted_table(f), ""]
+    if ((f.stats or {}).get("text_answerable") or {}).get("asked"):
+        parts += ["## Questions answerable without the audio", "", text_answerable_table(f), ""]
     if (f.stats or {}).get("model_accuracy"):
         parts += ["## Our model on these questions", "", model_table(f), ""]
     if f.rejects:

@@ -91,6 +91,12 @@ def make_example_row(
         "rounds": 1,
         "corrected_from_measurement": False,
         "model_correct": None,
+        "audio_needed": True,
+        "text_only_answers": [
+            {"answerer": "text_only", "sees_audio": False, "answer_index": None, "answer_text": None,
+             "reasoning": "Without the audio: the question names none of the options; I abstain.",
+             "model": "reference-text-only@1"},
+        ],
         "calls": [call],
         "tokens_in": 10,
         "tokens_out": 20,

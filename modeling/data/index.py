@@ -20,6 +20,8 @@ INDEX_COLUMNS = ["sample_id", "split", "duration_s", "l3"]
 # Read when a shard has them (older versions do not): whether our own model answered the row right,
 # and the row's task (a missing `task` is mcq).
 OPTIONAL_INDEX_COLUMNS = ["model_correct", "task"]
+# Read when a shard has it, to leave out train rows answerable without their audio (None: not asked, kept).
+AUDIO_NEEDED = "audio_needed"
 SPLITS = ("train", "validation", "test")
 TASKS = ("mcq", "asr", "caption", "open_qa")
 
@@ -54,13 +56,18 @@ class VersionIndex:
     l3: np.ndarray
     model_correct: np.ndarray | None = None  # (N,) True / False / None (not asked); None: no shard has it
     task: np.ndarray | None = None  # (N,) mcq | asr | caption | open_qa; None: no shard has the column
+    text_answerable_left_out: int = 0  # train rows left out as answerable without their audio
 
     @classmethod
-    def build(cls, paths: Sequence[str], *, require_measured: bool = False) -> "VersionIndex":
-        """`require_measured`: index only rows whose `verification` is "measured" (train.require_measured)."""
+    def build(cls, paths: Sequence[str], *, require_measured: bool = False,
+              include_text_answerable: bool = True) -> "VersionIndex":
+        """`require_measured`: index only rows whose `verification` is "measured" (train.require_measured).
+        `include_text_answerable=False`: leave out train-split rows with `audio_needed` false (rows with
+        None, and shards without the column, are kept; validation and test rows always are)."""
         cols: dict[str, list] = {c: [] for c in INDEX_COLUMNS + OPTIONAL_INDEX_COLUMNS}
         shard, row = [], []
         seen_optional: set[str] = set()
+        left_out = 0
         wanted = INDEX_COLUMNS + (["verification"] if require_measured else [])
         for s, path in enumerate(paths):
             pf = pq.ParquetFile(path)
@@ -71,10 +78,16 @@ class VersionIndex:
                                     if "verification" in missing else ""))
             optional = [c for c in OPTIONAL_INDEX_COLUMNS if c in pf.schema_arrow.names]
             seen_optional.update(optional)
+            blind = [AUDIO_NEEDED] if not include_text_answerable and AUDIO_NEEDED in pf.schema_arrow.names else []
             n = 0
-            for batch in pf.iter_batches(columns=wanted + optional, batch_size=4096):
+            for batch in pf.iter_batches(columns=wanted + optional + blind, batch_size=4096):
                 keep = ([v == "measured" for v in batch.column("verification").to_pylist()] if require_measured
                         else [True] * batch.num_rows)
+                if blind:
+                    answerable = [k and needed is False and split == "train" for k, needed, split in zip(
+                        keep, batch.column(AUDIO_NEEDED).to_pylist(), batch.column("split").to_pylist())]
+                    left_out += sum(answerable)
+                    keep = [k and not a for k, a in zip(keep, answerable)]
                 for c in INDEX_COLUMNS + optional:
                     cols[c].extend(v for v, k in zip(batch.column(c).to_pylist(), keep) if k)
                 for c in set(OPTIONAL_INDEX_COLUMNS) - set(optional):
@@ -91,6 +104,7 @@ class VersionIndex:
             duration_s=np.asarray(cols["duration_s"], dtype=np.float64), l3=np.asarray(cols["l3"], dtype=object),
             model_correct=np.asarray(cols["model_correct"], dtype=object) if "model_correct" in seen_optional else None,
             task=np.asarray([t or "mcq" for t in cols["task"]], dtype=object) if any(cols["task"]) else None,
+            text_answerable_left_out=left_out,
         )
 
     def __len__(self) -> int:

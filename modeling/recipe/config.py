@@ -99,6 +99,9 @@ class TrainSpec:
     category_stages: list[dict[str, Any]] = field(default_factory=list)
     shuffle_options: bool = False  # multiple-choice options in a new order each epoch (answer re-lettered)
     require_measured: bool = False  # train only on rows a measurement of the audio verified (verification = measured)
+    # train on questions answerable without their audio too (audio_needed = false); by default they are left
+    # out of the train split (validation and test keep them, so runs with and without compare on one test set)
+    include_text_answerable: bool = False
     hard_example_weight: float = 1.0  # rows our own model answered wrong (model_correct False) drawn this x as often
     # task -> draws per epoch as a multiple of its row count (unnamed: 1.0; 0 leaves the task out);
     # inside each task the category weights and stages apply as before

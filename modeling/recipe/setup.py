@@ -60,7 +60,8 @@ def setup_run(version: str, config: str | Path | TrainConfig, catalog_path: str 
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     set_seed(spec.seed)
-    index = VersionIndex.build(paths, require_measured=spec.require_measured)
+    index = VersionIndex.build(paths, require_measured=spec.require_measured,
+                               include_text_answerable=spec.include_text_answerable)
     return Run(version=version, cfg=cfg, training_id=training_id, run_dir=run_dir, accelerator=accelerator,
                index=index, tasks=trained_tasks(spec), resume_from=latest_checkpoint(run_dir), log=log)
 

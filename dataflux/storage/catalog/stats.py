@@ -55,7 +55,8 @@ class CatalogStats(CatalogFile):
         planted_caught_discarded: no row asks about the leaf; planted_caught_corrected: rows ask and
         answer otherwise), clean_items, clean_rejected (clean items of a planted source with no row);
         when our own trained model answered (rows' model_correct): model_accuracy (n, accuracy,
-        by_category: l3 -> {n, accuracy}).
+        by_category: l3 -> {n, accuracy}); text_answerable (`_text_answerable`: question rows that
+        can be answered without their audio, overall and per leaf).
         """
         status = self.get_version(vid)["status"]
         # A finalized version's files are checked (cached) before anything is read; a draft's are not.
@@ -71,6 +72,7 @@ class CatalogStats(CatalogFile):
             _shape(q, out)
             _calls_and_ledger(q, vid, out)
             _model_and_planted(q, vid, out)
+            out["text_answerable"] = _text_answerable(q)
             try:
                 shares: dict[str, dict[str, int]] = {}
                 for leaf, level, n in q.many("SELECT l3, coalesce(verification, 'unrecorded'), count(*) FROM s "
@@ -145,6 +147,25 @@ def _model_and_planted(q: _Reader, vid: str, out: dict[str, Any]) -> None:
     for leaf, asked, lost in q.many(_CLEAN_BY_LEAF_SQL, [vid]):
         out["planted_by_leaf"].setdefault(leaf, {"planted": 0, "caught": 0}).update(
             {"clean_asked": asked, "clean_rejected": lost})
+
+
+def _text_answerable(q: _Reader) -> dict[str, Any]:
+    """Question rows answerable from their text alone (`audio_needed = false`, the audio-contribution
+    filter): {asked, text_answerable, share, by_leaf: l3 -> {asked, text_answerable, share}}, where
+    `asked` counts the question rows that were put to the text-only answerers (audio_needed not null).
+    All zero for a version written before the column existed."""
+    if "audio_needed" not in [d[0] for d in q.con.execute("SELECT * FROM q LIMIT 0").description]:
+        per_leaf: list[tuple] = []
+    else:
+        per_leaf = q.many("SELECT l3, count(audio_needed), count(*) FILTER (WHERE NOT audio_needed) FROM q "
+                          "GROUP BY 1 HAVING count(audio_needed) > 0 ORDER BY 1")
+
+    def entry(asked: int, false: int) -> dict[str, Any]:
+        return {"asked": int(asked), "text_answerable": int(false), "share": false / asked if asked else None}
+
+    out = entry(sum(a for _, a, _ in per_leaf), sum(f for _, _, f in per_leaf))
+    out["by_leaf"] = {leaf: entry(a, f) for leaf, a, f in per_leaf}
+    return out
 
 
 def _questions_per_clip(histogram: list[tuple[int, int]]) -> dict[str, Any]:
