@@ -105,7 +105,9 @@ def dataset_card(f: VersionFacts, data_glob: str = "data/*.parquet") -> str:
         "## Columns", "",
         "`audio` ({bytes, path}, 16 kHz WAV), `question`, `choices` (4), `answer`, `answer_index`, `reasoning` "
         "(the winning answerer's), `l0`-`l3` (taxonomy path), `caption`, `facts` (JSON of measured facts), "
-        "`quality`, `verdict`, `checks`, `answers`, `calls` (provenance and tokens), `messages` "
+        "`quality`, `verdict`, `checks`, `answers`, `text_only_answers` and `audio_needed` (the question asked again "
+        "without audio or caption; false: a majority answered it from the text alone), `calls` (provenance and "
+        "tokens), `messages` "
         "(ready-to-train chat turns; the user turn starts with `<audio>`), `row_sha256`.", "",
         "## Loading", "",
         "```python",
