@@ -2,16 +2,21 @@
 `train.include_text_answerable: true`; rows never asked (null) and versions without the column are kept,
 and the held-out splits keep every row so runs with and without the filter share one test set."""
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from dataflux.storage.catalog import Catalog
 from dataflux.storage.example_row import make_example_row, tone_wav_bytes
 from dataflux.storage.shards import write_shard
 from modeling.data import VersionIndex
 from modeling.recipe.config import TrainConfig
 from modeling.recipe.setup import setup_run
+from modeling.train import train
+from tests.helpers.micro_config import MICRO
 from tests.helpers.pitch_version import finished_version
 
 # (split, audio_needed): two train rows answerable from the text, one held out
@@ -60,3 +65,15 @@ def test_the_trainer_applies_train_include_text_answerable(tmp_path, include, tr
 
 def test_the_default_leaves_text_answerable_rows_out():
     assert TrainConfig().train.include_text_answerable is False
+
+
+def test_the_training_record_says_how_many_rows_were_left_out(tmp_path):
+    vid = finished_version(tmp_path, _rows())
+    doc = json.loads(json.dumps(MICRO))
+    doc["train"].update(max_steps=2, save_every=2)
+    config = tmp_path / "micro.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    result = train(vid, config, tmp_path / "catalog.duckdb", tmp_path / "run", evaluate=False, log=lambda _: None)
+    assert result["metrics"]["rows_left_out"] == {"text_answerable": 2}
+    _, rows = Catalog(tmp_path / "catalog.duckdb", read_only=True).query("SELECT metrics FROM trainings")
+    assert json.loads(rows[0][0])["rows_left_out"] == {"text_answerable": 2}
