@@ -16,7 +16,7 @@ from typing import Any
 
 from dataflux.audio.speech import word_count_word
 from dataflux.records import Caption, Clip
-from dataflux.fields import KNOWN_FIELDS, LANGUAGE_NAMES, metadata_claim  # noqa: F401  (claims read typed metadata)
+from dataflux.fields import KNOWN_FIELDS, metadata_claim  # noqa: F401  (claims read typed metadata)
 from dataflux.taxonomy import Category
 
 # Typed metadata of a SourceItem (not leaf ids): a leaf claims from one of them via `claimed_from`.

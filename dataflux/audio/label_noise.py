@@ -25,6 +25,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from dataflux.fields import LABEL_LEAVES
+
 MIN_CLIPS = 5
 
 
@@ -67,3 +69,38 @@ def check_labels(embeddings: np.ndarray, labels: list[str], *, min_clips: int = 
     for row, i in enumerate(judged):
         verdicts[i] = LabelVerdict("measured", not bool(issues[row]), classes[int(np.argmax(probs[row]))])
     return verdicts
+
+
+OTHER_CLASS = "(a class other than the claimed label)"
+
+
+def judged_fields(labels: list[dict], min_clips: int = MIN_CLIPS) -> list[str]:
+    """The label fields with at least two classes of `min_clips` clips: the ones worth embedding for."""
+    out = []
+    for field in LABEL_LEAVES:
+        counts = Counter(str(lab[field]).strip() for lab in labels if lab.get(field) not in (None, ""))
+        if sum(1 for n in counts.values() if n >= min_clips) >= 2:
+            out.append(field)
+    return out
+
+
+def verdicts_by_field(embeddings: np.ndarray, labels: list[dict], fields: list[str],
+                      seed: int = 0) -> list[dict[str, LabelVerdict]]:
+    """For each clip, leaf -> its label's verdict, for every field in `fields` the clip carries."""
+    out: list[dict[str, LabelVerdict]] = [{} for _ in labels]
+    for field in fields:
+        rows = [i for i, lab in enumerate(labels) if lab.get(field) not in (None, "")]
+        found = check_labels(embeddings[rows], [str(labels[i][field]).strip() for i in rows], seed=seed)
+        for i, verdict in zip(rows, found):
+            out[i][LABEL_LEAVES[field]] = verdict
+    return out
+
+
+def label_fact(claimed: str, verdict: LabelVerdict) -> str | None:
+    """The leaf's measured value: the claim where the corpus agrees, the class it hears instead (or
+    OTHER_CLASS) where it does not, None where the class was not judged (metadata-only)."""
+    if verdict.status != "measured":
+        return None
+    if verdict.label_ok:
+        return claimed
+    return verdict.predicted if verdict.predicted not in (None, claimed) else OTHER_CLASS

@@ -31,7 +31,8 @@ MIN_SPEAKER_CLIPS = 5
 CONSISTENT_SHARE = 0.8
 
 
-def _speaker(clip: Clip) -> str | None:
+def speaker_of(clip: Clip) -> str | None:
+    """The speaker the source names for a clip, or None."""
     value = (clip.item.labels or {}).get("speaker")
     if value is None or isinstance(value, (list, dict)):
         return None
@@ -54,7 +55,7 @@ def add_speaker_facts(clips: Sequence[Clip], leaves: Sequence[str]) -> list[Reje
         return []
     by_speaker: dict[str, list[Clip]] = defaultdict(list)
     for clip in clips:
-        name = _speaker(clip)
+        name = speaker_of(clip)
         if name is not None:
             by_speaker[name].append(clip)
     rejects: list[Reject] = []

@@ -4,9 +4,9 @@
   recognizer hears. The recognizer is pocketsphinx with the US English model its wheel ships; it
   decodes against a grammar of exactly the candidate phrases. On 8 kHz telephone prompts that
   picks the right phrase far more often than free decoding gets the words right (free decoding:
-  median WER 1.12 on 20 English Asterisk prompts). English words come from the model's dictionary;
-  Italian words are spelled onto the same phones (`italian_phones`). Other languages: None
-  (unverified).
+  median WER 1.12 on 20 English Asterisk prompts). English only: every other language is checked
+  by Whisper (`dataflux.audio.recognizer_facts`), which measured worse than this on English
+  prompts (docs/verification.md).
 - `voiced_f0(y, sr)`: median fundamental of the voiced, loud frames (`yin_f0`: librosa's YIN), the
   number `speaker_gender` is decided from.
 - `normalise_words(text)`: the words as the recognizer says them: the one normaliser's words
@@ -26,11 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from dataflux.audio.italian_phones import italian_phones, italian_words
 from dataflux.text_metrics import words
 
-# en: the model's own dictionary; it: Italian spelling rules onto the same phones (italian_phones)
-RECOGNIZER_LANGUAGES = frozenset({"en", "it"})
+RECOGNIZER_LANGUAGES = frozenset({"en"})  # the model's own dictionary
 RECOGNIZER_MODEL = "pocketsphinx-en-us@5"
 
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -96,24 +94,8 @@ def _decoder():
     return dec
 
 
-def _known_words(dec, text: str, language: str) -> list[str]:
-    """The decoder's words for `text`: English words its dictionary knows (others dropped);
-    Italian words added under an "it_" name with phones from the spelling."""
-    if language == "it":
-        added = getattr(_local, "italian", None)
-        if added is None:
-            added = _local.italian = set()
-        names = []
-        for w in italian_words(text):
-            phones = italian_phones(w)
-            if not phones:
-                continue
-            name = f"it_{w}"
-            if name not in added:
-                dec.add_word(name, phones, False)
-                added.add(name)
-            names.append(name)
-        return names
+def _known_words(dec, text: str) -> list[str]:
+    """The decoder's words for `text`: English words its dictionary knows (others dropped)."""
     return [w for w in normalise_words(text) if dec.lookup_word(w)]
 
 
@@ -127,7 +109,7 @@ def recognise_among(y: np.ndarray, sr: int, phrases: Sequence[str], language: st
     if language not in RECOGNIZER_LANGUAGES or sr != 16000:
         return None
     dec = _decoder()
-    spoken = [" ".join(_known_words(dec, p, language)) for p in phrases]
+    spoken = [" ".join(_known_words(dec, p)) for p in phrases]
     # a phrase that reads like an earlier one (or like nothing) cannot be told apart: left out
     usable = [s if s and s not in spoken[:i] else "" for i, s in enumerate(spoken)]
     if not usable[0] or sum(1 for s in usable if s) < 2:

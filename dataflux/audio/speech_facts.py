@@ -20,12 +20,14 @@ import numpy as np
 from dataflux.audio.envelope import SPEECH_GATE_DB, runs, smooth, speech_seconds
 from dataflux.audio.quality import quality_metrics
 from dataflux.audio.speakers import gender_from_f0
-from dataflux.audio.speech import (normalise_words, recognise_among, speech_thresholds, syllables, voiced_f0,
-                                   word_count_word)
+from dataflux.audio.speech import (RECOGNIZER_LANGUAGES, normalise_words, recognise_among, speech_thresholds,
+                                   syllables, voiced_f0, word_count_word)
+from dataflux.fields import language_code
 from dataflux.taxonomy import distinct_neighbours
 
 OTHER_WORDS = "(words other than the claimed transcript)"
 N_COMPETITORS = 3  # as many as a question's distractors
+PENDING = "pending: Whisper checks it with the partition's clips (dataflux.audio.recognizer_facts)"
 
 
 def claimed(a: Any, key: str) -> Any:
@@ -70,11 +72,15 @@ def speech_tempo(a: Any) -> str | None:
     text = _confirmed_transcript(a)
     if text is None:
         return None
-    seconds = _speech_time(a)
+    return tempo_word(text, _speech_time(a), a.raw)
+
+
+def tempo_word(text: str, seconds: float, raw: dict[str, Any]) -> str | None:
+    """The `speech_tempo` word of a confirmed transcript said in `seconds` of speech."""
     if seconds < 0.3:
         return None
     rate = syllables(text) / seconds
-    a.raw["transcript_syllables_per_s"] = round(rate, 2)
+    raw["transcript_syllables_per_s"] = round(rate, 2)
     slow, moderate, fast = speech_thresholds()["speech_tempo"]["upper_syl_per_s"]
     if rate < slow:
         return "slow"
@@ -90,6 +96,7 @@ def _spoken_text(a: Any) -> str | None:
     text = " ".join(text.split())
     vocab = list((a.context.get("vocabularies") or {}).get("spoken_text") or [])
     seconds = _speech_time(a)
+    a.raw["speech_s"] = round(seconds, 3)
     if seconds > 0:
         rate = syllables(text) / seconds
         a.raw["claimed_syllables_per_s"] = round(rate, 2)
@@ -98,6 +105,9 @@ def _spoken_text(a: Any) -> str | None:
             return OTHER_WORDS
     if text not in vocab:
         return None
+    if language_code(claimed(a, "language")) not in RECOGNIZER_LANGUAGES:
+        a.raw["recognizer"] = PENDING  # Whisper, in batches over the partition (recognizer_facts)
+        return None
     # the question's own options, plus phrases drawn from the whole vocabulary: forced to choose,
     # a recognizer hearing none of the candidates still names one, and the more candidates the
     # less often that one is a wrong claim
@@ -105,9 +115,9 @@ def _spoken_text(a: Any) -> str | None:
     # (drawn from every language: on the Asterisk prompts that agreed more often with clean
     # transcripts and refuted more swapped ones than drawing from the claim's language only)
     options += drawn_phrases(vocab, text, set(options), speech_thresholds()["recognizer"]["extra_candidates"])
-    heard = recognise_among(a.y, a.sr, options, claimed(a, "language"))
+    heard = recognise_among(a.y, a.sr, options, language_code(claimed(a, "language")))
     if heard is None:
-        a.raw["recognizer"] = f"none for language {claimed(a, 'language')!r}"
+        a.raw["recognizer"] = "pocketsphinx: no candidate phrase has words its dictionary knows"
         return None
     a.raw["recognizer_heard"] = heard["heard"]
     a.raw["recognizer_choice"] = options[heard["index"]] if heard["index"] is not None else None

@@ -1,7 +1,8 @@
 """Phase 2, analyse: decode and measure each item, keep the clips the quality filters pass.
 
 Every item that does not become a clip becomes a reject and a ledger entry. Relative facts (a
-clip against its partition) and speaker facts are added once all clips are measured.
+clip against its partition), the recognizer's facts (Whisper batches the partition's speech) and
+speaker facts are added once all clips are measured.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dataflux.audio.analyze import analyze_item
+from dataflux.audio.label_check import add_label_facts
+from dataflux.audio.recognizer_facts import add_recognizer_facts
 from dataflux.audio.relative import add_relative_facts
 from dataflux.audio.speakers import add_speaker_facts
 from dataflux.pipeline.prepare import Prepared
@@ -42,6 +45,9 @@ def analyse(prepared: Prepared) -> Analysed:
             continue
         out.clips.append(clip)
     add_relative_facts(out.clips, prepared.leaf_ids)
+    add_recognizer_facts(out.clips, prepared.leaf_ids, prepared.vocabularies)  # Whisper, in batches
+    if prepared.survey is not None:
+        add_label_facts(out.clips, prepared.survey.labels_checked)  # judged over the whole source
     out.rejects.extend(add_speaker_facts(out.clips, prepared.leaf_ids))  # a claim withdrawn, its clip kept
     return out
 

@@ -3,7 +3,9 @@
 `plant_errors(items, rate, seed)` gives about `rate` of the items one wrong claim:
 - swap_transcript: the transcript of another clip in the same language (leaf spoken_text);
 - flip_gender: male <-> female (leaf speaker_gender);
-- flip_label: another class label of the source (leaf sound_source).
+- flip_language: another language the source's clips claim (leaf spoken_language);
+- flip_label: another class label of the source, in the field the item carries (sound_source,
+  instrument, genre or emotion; leaves sound_source, music_instrument, music_genre, emotion).
 An item gets one kind its metadata allows, chosen from a hash of (seed, source, id), so the same
 item is planted the same way whatever the partitioning. `meta["planted"]` records
 {"leaf", "claimed", "true", "kind"} in the value the caption and the questions state; the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from dataflux.fields import LABEL_LEAVES
 from dataflux.records import Reject, SourceItem
 from dataflux.steps.caption import metadata_claim
 
@@ -27,14 +30,22 @@ def _unit(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
-def _kinds(item: SourceItem, donors: dict[str, list[SourceItem]], labels: list[str]) -> list[str]:
+
+
+def _label_field(item: SourceItem, classes: dict[str, list[str]]) -> str | None:
+    return next((f for f in LABEL_LEAVES if item.labels.get(f) is not None and len(classes.get(f, [])) > 1), None)
+
+
+def _kinds(item: SourceItem, donors: dict[str, list[SourceItem]], classes: dict[str, list[str]]) -> list[str]:
     out = []
     text = item.labels.get("transcript")
     if isinstance(text, str) and any(_words(d) != _words(item) for d in donors.get(_language(item), [])):
         out.append("swap_transcript")
     if metadata_claim("gender", item.labels.get("gender")) in _FLIP:
         out.append("flip_gender")
-    if item.labels.get("sound_source") is not None and len(labels) > 1:
+    if _language(item) and len(classes.get("language", [])) > 1:
+        out.append("flip_language")
+    if _label_field(item, classes) is not None:
         out.append("flip_label")
     return out
 
@@ -56,12 +67,13 @@ def plant_errors(items: Sequence[SourceItem | Reject], rate: float, seed: int = 
     for it in clips:
         if isinstance(it.labels.get("transcript"), str) and _words(it):
             donors.setdefault(_language(it), []).append(it)
-    labels = sorted({str(it.labels["sound_source"]).strip() for it in clips if it.labels.get("sound_source")})
-    original = {id(it): (_words(it), it.labels.get("sound_source")) for it in clips}
+    classes = {f: sorted({str(it.labels[f]).strip() for it in clips if it.labels.get(f) not in (None, "")})
+               for f in (*LABEL_LEAVES, "language")}
+    original = {id(it): (_words(it), dict(it.labels)) for it in clips}
     for it in clips:
         if _unit(seed, "plant", it.source, it.source_id) >= rate:
             continue
-        kinds = _kinds(it, donors, labels)
+        kinds = _kinds(it, donors, classes)
         if not kinds:
             continue
         kind = kinds[int(_unit(seed, "kind", it.source, it.source_id) * len(kinds))]
@@ -75,13 +87,24 @@ def plant_errors(items: Sequence[SourceItem | Reject], rate: float, seed: int = 
             true = metadata_claim("gender", it.labels["gender"])
             it.labels["gender"] = _FLIP[true]
             planted = {"leaf": "speaker_gender", "claimed": _FLIP[true], "true": true}
+        elif kind == "flip_language":
+            planted = _flip(it, "language", classes["language"], seed)
+            planted = {"leaf": "spoken_language", "claimed": metadata_claim("language", planted[0]),
+                       "true": metadata_claim("language", planted[1])}
         else:
-            true = str(original[id(it)][1]).strip()
-            others = [lab for lab in labels if lab != true]
-            wrong = others[int(_unit(seed, "label", it.source, it.source_id) * len(others))]
-            it.labels["sound_source"] = wrong
-            if isinstance(it.labels.get("labels"), list) and it.labels["labels"]:
+            field = _label_field(it, classes)
+            wrong, true = _flip(it, field, classes[field], seed)
+            if field == "sound_source" and isinstance(it.labels.get("labels"), list) and it.labels["labels"]:
                 it.labels["labels"] = [wrong, *it.labels["labels"][1:]]
-            planted = {"leaf": "sound_source", "claimed": wrong, "true": true}
+            planted = {"leaf": LABEL_LEAVES[field], "claimed": wrong, "true": true}
         it.meta["planted"] = {**planted, "kind": kind}
     return list(items)
+
+
+def _flip(item: SourceItem, field: str, values: list[str], seed: int) -> tuple[str, str]:
+    """Set `field` to another of `values`, drawn from a hash of the item; (claimed, true)."""
+    true = str(item.labels[field]).strip()
+    others = [v for v in values if v != true]
+    wrong = others[int(_unit(seed, field, item.source, item.source_id) * len(others))]
+    item.labels[field] = wrong
+    return wrong, true

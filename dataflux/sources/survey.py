@@ -10,7 +10,9 @@ order, and decides for the whole source:
   copy lacks; a later copy whose other metadata disagrees (a different transcript, gender, ...)
   becomes a reject `duplicate_conflict` naming both copies, and nothing of it is merged;
 - the vocabulary of label-driven leaves (the options of their questions) is built from the kept
-  copies that pass the source stage and decode, never from a rejected row.
+  copies that pass the source stage and decode, never from a rejected row;
+- class labels (sound source, instrument, genre, emotion) are held against the audio over the
+  whole source (`dataflux.audio.label_check`): a label the rest of the corpus contradicts is caught.
 
 Sources of one run are surveyed in the run's order, so a copy in a later source is a duplicate of
 the copy in an earlier one. The outcome depends only on the sources' content, so every partition
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflux.audio.decode import BadAudio, decode_audio
+from dataflux.audio.label_check import check_source_labels
 from dataflux.fields import vocabulary_of
 from dataflux.records import Reject, SourceItem, sha256_bytes
 
@@ -33,6 +36,7 @@ class Survey:
     duplicates: dict[str, Reject] = field(default_factory=dict)  # source_id -> its duplicate reject
     merged_labels: dict[str, dict[str, Any]] = field(default_factory=dict)  # kept source_id -> labels
     vocabulary: dict[str, list[str]] = field(default_factory=dict)
+    labels_checked: dict[str, dict[str, Any]] = field(default_factory=dict)  # source_id -> leaf -> LabelVerdict
 
     def settle(self, item: SourceItem) -> SourceItem | Reject:
         """The item as a partition should process it: its duplicate reject, or it with merged labels."""
@@ -101,8 +105,9 @@ def _survey(sources: list, *, max_seconds: float, min_seconds: float) -> dict[st
                 continue
             survey.duplicates[item.source_id] = _duplicate(first, item, digest, surveys[first.source])
     for name, survey in surveys.items():
-        survey.vocabulary = vocabulary_of(it.labels for digest, it in kept.items()
-                                          if it.source == name and decodable[digest])
+        mine = [it for digest, it in kept.items() if it.source == name and decodable[digest]]
+        survey.vocabulary = vocabulary_of(it.labels for it in mine)
+        survey.labels_checked = check_source_labels(mine, _read, max_seconds=max_seconds)
     return surveys
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dataflux.claims import (  # noqa: F401  (re-exported: the steps' public names)
-    DERIVED_CLAIMS, LANGUAGE_NAMES, METADATA_KEYS, NOT_CLAIMS, ClaimedCaption, apply_corrections, caption_claims,
+    DERIVED_CLAIMS, METADATA_KEYS, NOT_CLAIMS, ClaimedCaption, apply_corrections, caption_claims,
     claimed_labels, metadata_claim, values_in_text)
 from dataflux.records import Clip
 from dataflux.steps.base import Call, Caption

@@ -20,6 +20,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from dataflux.fields import LABEL_LEAVES
 from dataflux.records import Clip
 from dataflux.steps.answer import describe_evidence, raw_evidence
 from dataflux.steps.base import Answer, Call, Caption, Category, Question, Verdict
@@ -56,6 +57,8 @@ def winner_answer(verdict: Verdict, answers: list[Answer], answer_index: int) ->
 def build_evidence(clip: Clip, caption: Caption, category: Category) -> dict[str, Any]:
     """What the judge gets besides the answers: the measured fact, its raw numbers, the caption's claim."""
     key = category.measured_by
+    if key in LABEL_LEAVES.values() and key not in clip.facts:
+        key = None  # a class label is measured only where the source's labels were judged (audio.label_check)
     return {
         "leaf": category.id,
         "measured_by": key,

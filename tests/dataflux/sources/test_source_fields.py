@@ -106,8 +106,9 @@ def test_jsonl_list_labels_long_values_wrong_types_and_file_names_become_rejects
 
 
 def test_normalisers_of_language_gender_and_labels():
-    assert [normalise_language(x) for x in ("English", "en_US", "eng", "de-DE", "Klingon")] == \
-        ["en", "en", "en", "de", "klingon"]
+    assert [normalise_language(x) for x in ("English", "en_US", "eng", "de-DE", "Klingon", "Nederlands", "ces",
+                                            "Mandarin", "not a language at all")] == \
+        ["en", "en", "en", "de", "tlh", "nl", "cs", "zh", "not a language at all"]
     assert [normalise_gender(x) for x in ("M", "f", "Woman", "male_masculine", "other")] == \
         ["male", "female", "female", "male", "other"]
     assert clean_label("dog_bark") == clean_label("Dog-Bark") == clean_label("  dog   bark ") == "dog bark"
