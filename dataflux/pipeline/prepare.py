@@ -67,7 +67,7 @@ def prepare(config: Config, source_name: str, partition: int, n_partitions: int,
     cache = CatalogCallCache(config.catalog_path) if uses_models(config) else None
     steps, pool = build_steps(config, categories, run_id=run_id, cache=cache)
     items = source.iter_items(partition, n_partitions)
-    if spec.get("plant_errors"):
+    if spec.get("plant_errors") and survey is None:  # elsewhere the survey plants, over the whole source
         items = plant_errors(list(items), float(spec["plant_errors"]), int(spec.get("seed", 0)))
     return Prepared(
         source_name=source_name, items=items, survey=survey, categories=categories,
@@ -100,7 +100,9 @@ def _survey(config: Config, source_name: str, source, limits: dict, run_sources:
         return None
     before = run_sources[:run_sources.index(source_name)] if source_name in run_sources else []
     before = [open_source(config, s) for s in before if config.sources[s]["kind"] != "demo"]
-    return survey_source(source, before=before, **limits)
+    spec = config.sources[source_name]
+    plant = (float(spec["plant_errors"]), int(spec.get("seed", 0))) if spec.get("plant_errors") else None
+    return survey_source(source, before=before, plant=plant, **limits)
 
 
 def metadata_vocabulary(source, categories: list, taxonomy) -> dict[str, list[str]]:

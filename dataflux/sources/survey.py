@@ -21,6 +21,7 @@ the copy in an earlier one. The outcome depends only on the sources' content, so
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from dataflux.audio.decode import BadAudio, decode_audio
 from dataflux.audio.label_check import check_source_labels
 from dataflux.fields import vocabulary_of
 from dataflux.records import Reject, SourceItem, sha256_bytes
+from dataflux.sources.planting import plant_errors
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Survey:
     merged_labels: dict[str, dict[str, Any]] = field(default_factory=dict)  # kept source_id -> labels
     vocabulary: dict[str, list[str]] = field(default_factory=dict)
     labels_checked: dict[str, dict[str, Any]] = field(default_factory=dict)  # source_id -> leaf -> LabelVerdict
+    planted: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)  # id -> (labels, plant)
 
     def settle(self, item: SourceItem) -> SourceItem | Reject:
         """The item as a partition should process it: its duplicate reject, or it with merged labels."""
@@ -44,6 +47,10 @@ class Survey:
             return self.duplicates[item.source_id]
         if item.source_id in self.merged_labels:
             item.labels = self.merged_labels[item.source_id]
+        if item.source_id in self.planted:
+            labels, plant = self.planted[item.source_id]
+            item.labels = dict(labels)
+            item.meta["planted"] = dict(plant)
         return item
 
 
@@ -51,17 +58,22 @@ _cache: dict[tuple, dict[str, Survey]] = {}
 _lock = threading.Lock()
 
 
-def survey_source(source, *, max_seconds: float, min_seconds: float, before: list | None = None) -> Survey:
+def survey_source(source, *, max_seconds: float, min_seconds: float, before: list | None = None,
+                  plant: tuple[float, int] | None = None) -> Survey:
     """The survey of `source` in its current state (cached per process by the sources' fingerprints).
 
     `before`: the sources that precede it in the same run; a copy of their audio in `source` is a
     duplicate of theirs, so identical audio is processed once across the whole run.
+    `plant`: (rate, seed) of known wrong claims to plant in `source` (`dataflux.sources.planting`),
+    drawn over the whole source, so every partition sees the same plants and the label check judges
+    the labels the partitions will ask about.
     """
     sources = [*(before or []), source]
-    key = (tuple((s.name, s.fingerprint()) for s in sources), max_seconds, min_seconds)
+    key = (tuple((s.name, s.fingerprint()) for s in sources), max_seconds, min_seconds, plant)
     with _lock:
         if key not in _cache:
-            _cache[key] = _survey(sources, max_seconds=max_seconds, min_seconds=min_seconds)
+            _cache[key] = _survey(sources, max_seconds=max_seconds, min_seconds=min_seconds,
+                                  plant={source.name: plant} if plant else {})
         return _cache[key][source.name]
 
 
@@ -85,7 +97,8 @@ def _decodes(data: bytes, name: str, max_seconds: float, min_seconds: float) -> 
     return True
 
 
-def _survey(sources: list, *, max_seconds: float, min_seconds: float) -> dict[str, Survey]:
+def _survey(sources: list, *, max_seconds: float, min_seconds: float,
+            plant: dict[str, tuple[float, int]]) -> dict[str, Survey]:
     surveys = {s.name: Survey() for s in sources}
     kept: dict[str, SourceItem] = {}  # audio sha256 -> the kept copy
     decodable: dict[str, bool] = {}
@@ -107,8 +120,19 @@ def _survey(sources: list, *, max_seconds: float, min_seconds: float) -> dict[st
     for name, survey in surveys.items():
         mine = [it for digest, it in kept.items() if it.source == name and decodable[digest]]
         survey.vocabulary = vocabulary_of(it.labels for it in mine)
+        if name in plant:
+            survey.planted = _plant([it for it in kept.values() if it.source == name], *plant[name])
         survey.labels_checked = check_source_labels(mine, _read, max_seconds=max_seconds)
     return surveys
+
+
+def _plant(items: list[SourceItem], rate: float, seed: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Plant errors in copies of `items` (the kept copies stay as read): id -> (labels, plant)."""
+    copies = [dataclasses.replace(it, labels=dict(it.labels), meta=dict(it.meta)) for it in items]
+    plant_errors(copies, rate, seed)
+    for item, copy in zip(items, copies):
+        item.labels = copy.labels  # the label check below judges what the partitions will claim
+    return {c.source_id: (c.labels, c.meta["planted"]) for c in copies if c.meta.get("planted")}
 
 
 def _duplicate(first: SourceItem, item: SourceItem, digest: str, first_survey: Survey) -> Reject:
