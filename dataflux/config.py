@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "min_duration_s": 0.2, "max_duration_s": 600.0, "max_clipping_ratio": 0.05,
         "max_silence_ratio": 0.95, "near_duplicate_jaccard": 0.9, "max_position_share": 0.4,
     },
+    "recognizer": {},  # the packaged Whisper base hears speech (dataflux.audio.recognizer_facts.set_recognizer)
     "budget": {},
     "run": {"partitions": 8, "task_runner": "threads", "task_retries": 2, "concurrency": 16},
     "training": {"preset": "tiny", "on_finalize": False},
@@ -138,6 +139,8 @@ class Config:
             "source": self.sources[name], "steps": self.data["steps"], "loop": self.data["loop"],
             "filters": self.data["filters"], "taxonomy": self.data.get("taxonomy"),
         }
+        if self.data.get("recognizer"):  # another recognizer hears other words (the default keeps old hashes)
+            relevant["recognizer"] = self.data["recognizer"]
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 

@@ -20,17 +20,29 @@ language identification, free decoding and claim scoring.
   against what the model can hear at all). Otherwise the clip measures `OTHER_WORDS`.
 - `spoken_word_count` and `speech_tempo` follow a confirmed transcript (`speech_facts`).
 
-Any faster-whisper model folder can stand in for the packaged Whisper base (`set_recognizer`).
+Any faster-whisper model folder can stand in for the packaged Whisper base, and so can an
+OpenAI-compatible `/audio/transcriptions` endpoint (`set_recognizer`, from `recognizer` in
+`data_catalog.yaml`; the pipeline hands over the endpoint's client, `dataflux.llm.transcription`).
+An endpoint gives words and a detected language, no probabilities, so its evidence is read by its
+own rules (`ENDPOINT_RULES`) and decided by the same steps:
+- `spoken_language`: the language the endpoint detects (asked without a language); a named
+  speaker's language is the one most of the speaker's clips are heard in; the claim stands when
+  the speaker's language or the clip's own is the claimed one.
+- `spoken_text`: the transcript the endpoint hears in the claimed language is compared with the
+  claim and its distractors by word error rate (`dataflux.text_metrics.wer`): heard when the claim
+  is nearer than every distractor and its WER is at most `MAX_CLAIM_WER`.
+The audio embeddings of the label check (`embed`) always come from a Whisper folder.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import ctranslate2
 import numpy as np
@@ -42,11 +54,16 @@ from dataflux.audio.whisper import LANGUAGE_FLOOR, WhisperRecognizer
 from dataflux.fields import language_code, language_name
 from dataflux.records import Clip
 from dataflux.taxonomy import distinct_neighbours
+from dataflux.text_metrics import wer
 
 BATCH = 8
 WINDOW_S = 8.0  # bench/bench_measure.py: as accurate as the 30 s window on short prompts, 6x faster
 CLIP_CONFIDENT = 0.5  # a clip this sure of its claimed language keeps it whatever its speaker's pool says
 FREE_DECODE_MARGIN = 2.0  # nats per token the claim may fall short of the model's own transcript
+# An endpoint's transcript confirms the claim when the claim is its nearest candidate by WER and
+# at most half the claim's words are edited: a recognizer that hears a different phrase of a
+# similar length gets most words wrong, one that hears the claim with a slip or two stays below.
+MAX_CLAIM_WER = 0.5
 LANGUAGE_LEAVES = ("spoken_language",)
 TEXT_LEAVES = ("spoken_text", "spoken_word_count", "speech_tempo")
 
@@ -54,9 +71,22 @@ _lock = threading.Lock()
 _chosen: dict[str, Any] = {}
 
 
-def set_recognizer(folder: str | None) -> None:
-    """Use another faster-whisper model folder (None: the packaged Whisper base)."""
+class Transcriber(Protocol):
+    """Speech to text by a server (`dataflux.llm.transcription.TranscriptionEndpoint`)."""
+
+    model_id: str
+
+    def transcribe(self, clips: Sequence[np.ndarray], languages: Sequence[str | None]) -> list[tuple[str, str | None]]:
+        """(text, ISO 639-1 language or None) heard in each 16 kHz clip, asked in the given
+        language (None: the server detects it)."""
+        ...
+
+
+def set_recognizer(folder: str | None, transcriber: Transcriber | None = None) -> None:
+    """Use another faster-whisper model folder (None: the packaged Whisper base); with a
+    `transcriber`, speech is heard by it, and the folder only embeds clips (`embed`)."""
     _chosen["folder"] = folder
+    _chosen["transcriber"] = transcriber
 
 
 @lru_cache(maxsize=2)
@@ -86,8 +116,19 @@ def add_recognizer_facts(clips: Sequence[Clip], leaves: Sequence[str],
     todo = [c for c in clips if _wants_text(c) or _wants_language(c, leaves)]
     if not todo:
         return
-    rec = recognizer()
     vocab = list((vocabularies or {}).get("spoken_text") or [])
+    transcriber = _chosen.get("transcriber")
+    if transcriber is not None:
+        evidence, rules, model = _endpoint_facts(transcriber, todo, leaves, vocab), ENDPOINT_RULES, transcriber.model_id
+    else:
+        evidence, rules, model = _whisper_facts(todo, vocab), WHISPER_RULES, model_id(recognizer())
+    if "spoken_language" in leaves:
+        _decide_languages([c for c in todo if _wants_language(c, leaves)], evidence, rules, model)
+
+
+def _whisper_facts(todo: Sequence[Clip], vocab: list[str]) -> dict[int, dict[str, float]]:
+    """The local Whisper: each clip's language probabilities; its pending transcript checked."""
+    rec = recognizer()
     probs: dict[int, dict[str, float]] = {}
     for batch in _batches(todo):
         with _lock:  # one model per process, shared by the partitions' threads
@@ -98,8 +139,24 @@ def add_recognizer_facts(clips: Sequence[Clip], leaves: Sequence[str],
                 probs[id(clip)] = found[k]
                 if _wants_text(clip):
                     _check_text(rec, clip, states[k:k + 1], found[k], vocab)
-    if "spoken_language" in leaves:
-        _decide_languages([c for c in todo if _wants_language(c, leaves)], probs, model_id(rec))
+    return probs
+
+
+def _endpoint_facts(transcriber: Transcriber, todo: Sequence[Clip], leaves: Sequence[str],
+                    vocab: list[str]) -> dict[int, str | None]:
+    """The endpoint: each clip's detected language (asked without one); its pending transcript
+    checked against what the endpoint hears in the claimed language."""
+    asked = [c for c in todo if _wants_language(c, leaves)]
+    texts = [c for c in todo if _wants_text(c)]
+    heard = transcriber.transcribe([c.samples for c in asked + texts],
+                                   [None] * len(asked) + [_claimed_language(c) for c in texts])
+    for clip, (text, _) in zip(texts, heard[len(asked):]):
+        _check_text_by_wer(clip, text, vocab, transcriber.model_id)
+    return {id(c): language for c, (_, language) in zip(asked, heard)}
+
+
+def _claimed_language(clip: Clip) -> str | None:
+    return language_code((clip.item.labels or {}).get("language"))
 
 
 def _batches(clips: Sequence[Clip]) -> list[list[Clip]]:
@@ -112,7 +169,7 @@ def _check_text(rec: WhisperRecognizer, clip: Clip, state: np.ndarray, probs: di
     """Score the claimed transcript against its distractors and the model's own transcript."""
     raw = clip.facts["raw"]
     text = " ".join(str(clip.item.labels["transcript"]).split())
-    language = language_code(clip.item.labels.get("language")) or next(iter(probs))
+    language = _claimed_language(clip) or next(iter(probs))
     encoded = ctranslate2.StorageView.from_array(state)
     own = rec.transcribe(None, [language], encoded)[0]
     options = [text, *distinct_neighbours(vocab, text, N_COMPETITORS)]
@@ -122,6 +179,24 @@ def _check_text(rec: WhisperRecognizer, clip: Clip, state: np.ndarray, probs: di
     raw.update({"recognizer": model_id(rec), "recognizer_heard": own, "claim_score": round(claim, 3),
                 "free_decode_score": round(ceiling, 3),
                 "recognizer_choice": options[int(np.argmax(scores[:-1]))]})
+    _settle_text(clip, text, heard)
+
+
+def _check_text_by_wer(clip: Clip, own: str, vocab: list[str], model: str) -> None:
+    """The claim against its distractors by WER to what the endpoint heard in the claimed language."""
+    text = " ".join(str(clip.item.labels["transcript"]).split())
+    language = _claimed_language(clip)
+    options = [text, *distinct_neighbours(vocab, text, N_COMPETITORS)]
+    errors = [wer(option, own, language) for option in options]
+    heard = errors[0] <= MAX_CLAIM_WER and all(errors[0] < e for e in errors[1:])
+    clip.facts["raw"].update({"recognizer": model, "recognizer_heard": own, "claim_wer": round(errors[0], 3),
+                              "recognizer_choice": options[int(np.argmin(errors))]})
+    _settle_text(clip, text, heard)
+
+
+def _settle_text(clip: Clip, text: str, heard: bool) -> None:
+    """`spoken_text` is the claim when heard, else OTHER_WORDS; word count and tempo follow a heard claim."""
+    raw = clip.facts["raw"]
     clip.facts["spoken_text"] = text if heard else OTHER_WORDS
     if not heard:
         return
@@ -132,29 +207,24 @@ def _check_text(rec: WhisperRecognizer, clip: Clip, state: np.ndarray, probs: di
         clip.facts["speech_tempo"] = tempo_word(text, raw["speech_s"], raw)
 
 
-def _decide_languages(clips: Sequence[Clip], probs: dict[int, dict[str, float]], model: str) -> None:
-    by_speaker: dict[str, list[Clip]] = defaultdict(list)
-    for clip in clips:
-        name = speaker_of(clip)
-        if name is not None:
-            by_speaker[name].append(clip)
-    pooled = {name: _pooled([probs[id(c)] for c in group])
-              for name, group in by_speaker.items() if len(group) >= MIN_SPEAKER_CLIPS}
-    for clip in clips:
-        p = probs[id(clip)]
-        claimed = language_code(clip.item.labels.get("language"))
-        raw = clip.facts["raw"]
-        top = next(iter(p))
-        raw.update({"language_recognizer": model, "language_top": top, "language_top_p": round(p[top], 3),
-                    "language_claimed_p": round(p.get(claimed, 0.0), 4)})
-        speaker_language = pooled.get(speaker_of(clip) or "")
-        if speaker_language is not None:
-            raw["speaker_language"] = speaker_language
-            ok = speaker_language == claimed or p.get(claimed, 0.0) >= CLIP_CONFIDENT
-            measured = claimed if ok else speaker_language
-        else:
-            measured = claimed if p.get(claimed, 0.0) >= LANGUAGE_FLOOR else top
-        clip.facts["spoken_language"] = language_name(measured)
+@dataclass(frozen=True)
+class LanguageRules:
+    """How one kind of recognizer's per-clip language evidence `E` reads."""
+
+    top: Callable[[Any], str | None]  # E -> the clip's own first choice
+    keeps: Callable[[Any, str, bool], bool]  # (E, claimed, against its speaker's pool?) -> the clip keeps the claim
+    pool: Callable[[Sequence[Any]], str | None]  # a speaker's clips' E -> the speaker's language
+    raw: Callable[[Any, str], dict[str, Any]]  # (E, claimed) -> what the clip's raw facts record
+
+
+def _probabilities_keep(p: dict[str, float], claimed: str, against_pool: bool) -> bool:
+    return p.get(claimed, 0.0) >= (CLIP_CONFIDENT if against_pool else LANGUAGE_FLOOR)
+
+
+def _probabilities_raw(p: dict[str, float], claimed: str) -> dict[str, Any]:
+    top = next(iter(p))
+    return {"language_top": top, "language_top_p": round(p[top], 3),
+            "language_claimed_p": round(p.get(claimed, 0.0), 4)}
 
 
 def _pooled(found: Sequence[dict[str, float]]) -> str:
@@ -163,6 +233,44 @@ def _pooled(found: Sequence[dict[str, float]]) -> str:
     floor = min((v for p in found for v in p.values() if v > 0), default=1e-9)
     total = {lang: sum(math.log(max(p.get(lang, 0.0), floor)) for p in found) for lang in languages}
     return max(sorted(total), key=total.get)
+
+
+def _majority(found: Sequence[str | None]) -> str | None:
+    """The language most of a speaker's clips are heard in (ties: the first by code)."""
+    counts = Counter(lang for lang in found if lang)
+    return max(sorted(counts), key=counts.get) if counts else None
+
+
+WHISPER_RULES = LanguageRules(top=lambda p: next(iter(p)), keeps=_probabilities_keep, pool=_pooled,
+                              raw=_probabilities_raw)
+ENDPOINT_RULES = LanguageRules(top=lambda lang: lang, keeps=lambda lang, claimed, _: lang == claimed,
+                               pool=_majority, raw=lambda lang, claimed: {"language_top": lang})
+
+
+def _decide_languages(clips: Sequence[Clip], evidence: dict[int, Any], rules: LanguageRules, model: str) -> None:
+    """A named speaker's pooled language decides against a clip that does not keep its claim
+    alone; without one (or with fewer than MIN_SPEAKER_CLIPS clips) the clip decides alone."""
+    by_speaker: dict[str, list[Clip]] = defaultdict(list)
+    for clip in clips:
+        name = speaker_of(clip)
+        if name is not None:
+            by_speaker[name].append(clip)
+    pooled = {name: rules.pool([evidence[id(c)] for c in group])
+              for name, group in by_speaker.items() if len(group) >= MIN_SPEAKER_CLIPS}
+    for clip in clips:
+        found = evidence[id(clip)]
+        claimed = _claimed_language(clip)
+        raw = clip.facts["raw"]
+        raw.update({"language_recognizer": model, **rules.raw(found, claimed)})
+        speaker_language = pooled.get(speaker_of(clip) or "")
+        if speaker_language is not None:
+            raw["speaker_language"] = speaker_language
+            ok = speaker_language == claimed or rules.keeps(found, claimed, True)
+            measured = claimed if ok else speaker_language
+        else:
+            measured = claimed if rules.keeps(found, claimed, False) else rules.top(found)
+        if measured is not None:  # an endpoint that names no language measures nothing
+            clip.facts["spoken_language"] = language_name(measured)
 
 
 def embed(clips: Sequence[np.ndarray]) -> np.ndarray:

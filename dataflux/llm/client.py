@@ -355,10 +355,14 @@ class LLMClient:
                 "latency_s": call.latency_s})
 
     async def transcribe(self, wav: bytes, *, step: str = "caption", backend: str = "openai",
-                         language: str | None = None) -> Reply:
-        """Speech to text through `/audio/transcriptions` (the endpoint's model, e.g. whisper-1)."""
+                         language: str | None = None, response_format: str | None = None) -> Reply:
+        """Speech to text through `/audio/transcriptions` (the endpoint's model, e.g. whisper-1).
+        With `response_format="verbose_json"` the reply's data is `{"text", "language"}` (the
+        language the server detected or was asked for), and an empty text is an answer (no words heard)."""
         ep = self.endpoint
         params: dict[str, Any] = {"language": language} if language else {}
+        if response_format:
+            params["response_format"] = response_format
         audio_part = {"type": "input_audio",
                       "input_audio": {"data": base64.b64encode(wav).decode("ascii"), "format": "wav"}}
         key = request_sha256(model=ep.model, messages=[{"role": "user", "content": [audio_part]}],
@@ -372,35 +376,41 @@ class LLMClient:
         fields: dict[str, Any] = {"model": ep.model}
         if language:
             fields["language"] = language
+        if response_format:
+            fields["response_format"] = response_format
         file = FormFile("file", "clip.wav", wav, "audio/wav")
         transport = self.transport
 
         def send(headers: dict) -> Awaitable[HttpReply]:
             return transport.post_form("/audio/transcriptions", fields, file, headers)
 
-        def parse(body: bytes) -> tuple[str, int, int]:
+        def parse(body: bytes) -> tuple[str, int, int, Any]:
             doc = orjson.loads(body)
+            if response_format == "verbose_json" and not isinstance(doc.get("text"), str):
+                raise ValueError("a verbose_json transcription without a text field")
             usage = doc.get("usage") or {}
             return ((doc.get("text") or "").strip(), int(usage.get("input_tokens") or 0),
-                    int(usage.get("output_tokens") or 0))
+                    int(usage.get("output_tokens") or 0), doc.get("language"))
 
         try:
-            text, t_in, t_out = await self._send(send, parse)
+            text, t_in, t_out, heard_language = await self._send(send, parse)
         except TransportFailure as tf:
             return await self._failed(step, backend, ep.model, "", params, None, 0, 0, t0, tf.reason, None,
                                       key, cache=False, detail=tf.detail)
         cost = ep.cost_usd(t_in, t_out)
         self.counters.spend(ep.name, t_in, t_out, cost)
         self.budget.charge(cost)
-        if not text:
+        verbose = response_format == "verbose_json"
+        if not text and not verbose:
             self.counters.event(ep.name, "invalid_json")
             return await self._failed(step, backend, ep.model, "", params, None, t_in, t_out, t0,
                                       "invalid_json", text, key, cache=True)
         self.counters.add(ep.name, "ok")
         call = Call(step=step, backend=backend, model=ep.model, params=params, tokens_in=t_in,
                     tokens_out=t_out, cost_usd=cost, latency_s=time.perf_counter() - t0)
-        await self._store(key, step, ep.model, {"data": text, "text": text, "failure": None}, call)
-        return Reply(data=text, text=text, call=call, request_sha256=key)
+        data = {"text": text, "language": heard_language} if verbose else text
+        await self._store(key, step, ep.model, {"data": data, "text": text, "failure": None}, call)
+        return Reply(data=data, text=text, call=call, request_sha256=key)
 
 
 class EndpointPool:

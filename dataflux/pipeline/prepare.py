@@ -11,9 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dataflux.audio.recognizer_facts import set_recognizer
 from dataflux.backends import build_steps, uses_models
 from dataflux.config import Config
 from dataflux.llm.catalog_cache import CatalogCallCache
+from dataflux.llm.transcription import TranscriptionEndpoint
 from dataflux.loop import LoopConfig, Steps
 from dataflux.records import SourceItem
 from dataflux.sources.planting import plant_errors
@@ -58,6 +60,7 @@ def prepare(config: Config, source_name: str, partition: int, n_partitions: int,
     filters = FilterConfig.from_dict(config.data["filters"])
     limits = {"max_seconds": float(filters.max_duration_s or 600.0),
               "min_seconds": min(0.05, float(filters.min_duration_s or 0.05))}
+    _choose_recognizer(config)  # before the survey: a recognizer folder also embeds for the label check
     survey = _survey(config, source_name, source, limits, run_sources)
     vocab = survey.vocabulary if survey is not None else source.vocabulary()
     if spec["kind"] != "demo":  # the demo's items carry leaf values only
@@ -81,6 +84,16 @@ def prepare(config: Config, source_name: str, partition: int, n_partitions: int,
         concurrency=int(config.data["run"].get("concurrency", 16)),
         require_measured=spec.get("require") == "measured",
         tasks=source_tasks(config, source_name), storage_root=config.storage_root)
+
+
+def _choose_recognizer(config: Config) -> None:
+    """Who hears speech in this process (`recognizer` in the config): the packaged Whisper base, a
+    faster-whisper folder (relative to the config's folder), or an endpoint whose replies the
+    catalog's call cache keeps."""
+    choice = dict(config.data.get("recognizer") or {})
+    folder = choice.pop("folder", None)
+    endpoint = TranscriptionEndpoint(choice, CatalogCallCache(config.catalog_path)) if choice else None
+    set_recognizer(config.resolve_source_path(folder) if folder else None, endpoint)
 
 
 def source_leaves(config: Config, source_name: str, taxonomy) -> list:
