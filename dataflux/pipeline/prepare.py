@@ -60,7 +60,7 @@ def prepare(config: Config, source_name: str, partition: int, n_partitions: int,
     filters = FilterConfig.from_dict(config.data["filters"])
     limits = {"max_seconds": float(filters.max_duration_s or 600.0),
               "min_seconds": min(0.05, float(filters.min_duration_s or 0.05))}
-    _choose_recognizer(config)  # before the survey: a recognizer folder also embeds for the label check
+    choose_recognizer(config)  # before the survey: a recognizer folder also embeds for the label check
     survey = _survey(config, source_name, source, limits, run_sources)
     vocab = survey.vocabulary if survey is not None else source.vocabulary()
     if spec["kind"] != "demo":  # the demo's items carry leaf values only
@@ -86,7 +86,7 @@ def prepare(config: Config, source_name: str, partition: int, n_partitions: int,
         tasks=source_tasks(config, source_name), storage_root=config.storage_root)
 
 
-def _choose_recognizer(config: Config) -> None:
+def choose_recognizer(config: Config) -> None:
     """Who hears speech in this process (`recognizer` in the config): the packaged Whisper base, a
     faster-whisper folder (relative to the config's folder), or an endpoint whose replies the
     catalog's call cache keeps."""
