@@ -1,11 +1,11 @@
 """Speech to text through an OpenAI-compatible `/audio/transcriptions` endpoint (vLLM,
 faster-whisper-server, OpenAI), for the speech checks of `dataflux.audio.recognizer_facts`.
 
-`data_catalog.yaml` names it under `recognizer` (the pipeline hands it to `set_recognizer`) (`endpoint`: the base URL, `model`, and the
-*name* of the environment variable holding the key, `api_key_env`). Each clip goes up as a 16 kHz
-16-bit WAV with `response_format=verbose_json`, with or without a `language`; the reply's `text`
-and `language` (a name such as "english" or a code: read by `dataflux.fields.language_code`) come
-back.
+`data_catalog.yaml` names it under `recognizer` (`endpoint`: the base URL, `model`, and the *name*
+of the environment variable holding the key, `api_key_env`); the pipeline hands it to
+`set_recognizer`. Each clip goes up as a 16 kHz 16-bit WAV with `response_format=verbose_json`,
+with or without a `language`; the reply's `text` and `language` (a name such as "english" or a
+code: read by `dataflux.fields.language_code`) come back.
 
 The requests go through the model client (`dataflux.llm.client.LLMClient.transcribe`), so they
 share its retries (429 after `Retry-After`, 5xx, timeouts, refused connections, an unreadable
@@ -92,5 +92,6 @@ class TranscriptionEndpoint:
             raise TranscriptionEndpointError(
                 f"transcription endpoint {self.endpoint.base_url} (model {self.endpoint.model!r}): no transcript "
                 f"after {tries} tries ({reply.call.failure or 'a reply without text'}); check that the server is "
-                f"up and serves /audio/transcriptions, or raise recognizer.max_retries / timeout_s in data_catalog.yaml")
+                f"up and serves /audio/transcriptions, or raise recognizer.max_retries / timeout_s in "
+                f"data_catalog.yaml")
         return Heard(str(reply.data.get("text") or "").strip(), language_code(reply.data.get("language")))

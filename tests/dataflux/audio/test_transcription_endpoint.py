@@ -8,8 +8,10 @@ transcripts refuted, a rerun answered by the catalog's call cache, faults retrie
 from __future__ import annotations
 
 import copy
+import json
 import re
 
+import pyarrow.parquet as pq
 import pytest
 
 from dataflux.audio.analyze import analyze_item
@@ -19,6 +21,7 @@ from dataflux.config import ConfigError, config_from_dict
 from dataflux.llm.cache import MemoryCallCache
 from dataflux.llm.transcription import TranscriptionEndpoint, TranscriptionEndpointError
 from dataflux.packaged_weights import ensure_whisper_base
+from dataflux.pipeline import process_partition
 from dataflux.pipeline.prepare import choose_recognizer
 from dataflux.records import SourceItem
 from tests.helpers import real_audio as ra
@@ -93,11 +96,11 @@ def measured(server, tmp_path_factory):
 @pytest.mark.slow
 def test_the_endpoint_confirms_spoken_languages_and_catches_flipped_ones(measured, server):
     clips, flipped = measured["clips"], measured["flipped"]
-    claimed = {c.item.source_id: c.item.labels["language"] for c in clips}
-    caught = [c for c in clips if c.item.source_id in flipped and c.facts["spoken_language"] != NAMES[claimed[c.item.source_id]]]
+    planted = [c for c in clips if c.item.source_id in flipped]
+    caught = [c for c in planted if c.facts["spoken_language"] != NAMES[c.item.labels["language"]]]
     clean = [c for c in clips if c.item.source_id not in flipped]
-    kept = [c for c in clean if c.facts["spoken_language"] == NAMES[claimed[c.item.source_id]]]
-    assert len(flipped) == 4 and len(caught) == 4, [(c.item.source_id, c.facts["raw"]) for c in clips if c.item.source_id in flipped]
+    kept = [c for c in clean if c.facts["spoken_language"] == NAMES[c.item.labels["language"]]]
+    assert len(planted) == 4 and len(caught) == 4, [(c.item.source_id, c.facts["raw"]) for c in planted]
     assert len(kept) == len(clean), [(c.item.source_id, c.facts["raw"]) for c in clean if c not in kept]
     # every flip is contradicted by the speaker's language, which most of their clips are heard in
     assert {c.facts["spoken_language"] for c in caught} <= {"Russian", "Dutch"}
@@ -141,6 +144,25 @@ def test_a_rerun_over_the_same_catalog_sends_no_request_and_measures_the_same(me
 
 
 @pytest.mark.slow
+def test_every_partition_of_a_run_hears_through_the_configured_endpoint(measured, server, tmp_path):
+    manifest = ra.write_manifest(measured["records"][:8], tmp_path / "speech.jsonl")
+    fields = {k: k for k in ("file", "id", "transcript", "language", "speaker")}
+    config = config_from_dict({
+        "version": 1, "sources": {"speech": {"kind": "manifest", "path": str(manifest), "fields": fields,
+                                             "allow_outside_root": True, "license": "test", "taxonomy": ["Language"]}},
+        "storage": {"root": str(tmp_path / "shards"), "catalog": str(tmp_path / "catalog.duckdb")},
+        "recognizer": {"endpoint": server.base_url, "model": MODEL_ID}})
+    before = server.stats["transcription_requests"]
+    first = process_partition(config, "speech", 0, 1, "v1", "r1")
+    sent = server.stats["transcription_requests"] - before
+    rows = pq.read_table(first.shard.path).to_pylist()
+    heard = {json.loads(r["facts"])["raw"]["language_recognizer"] if isinstance(r["facts"], str)
+             else r["facts"]["raw"]["language_recognizer"] for r in rows if r["l3"] == "spoken_language"}
+    assert sent >= 8 and heard == {f"endpoint:{MODEL_ID}"}
+    process_partition(config, "speech", 0, 1, "v2", "r2")  # a rerun: every reply from the catalog
+    assert server.stats["transcription_requests"] - before == sent
+
+@pytest.mark.slow
 def test_faults_are_retried_and_a_dead_endpoint_is_named(measured, server):
     clip = measured["clips"][3].samples[:16000]
     faults = {0: "429", 1: "500", 2: "slow", 3: "garbage"}
@@ -156,7 +178,8 @@ def test_faults_are_retried_and_a_dead_endpoint_is_named(measured, server):
         dead = TranscriptionEndpoint({"endpoint": server.base_url, "model": MODEL_ID, "max_retries": 2},
                                      MemoryCallCache(), backoff_base_s=0.01)
         before = server.stats["transcription_requests"]
-        with pytest.raises(TranscriptionEndpointError, match=re.escape(server.base_url) + r".*after 3 tries \(server_error\)"):
+        named = re.escape(server.base_url) + r".*after 3 tries \(server_error\)"
+        with pytest.raises(TranscriptionEndpointError, match=named):
             dead.transcribe([clip], [None])
         assert server.stats["transcription_requests"] - before == 3
     finally:
