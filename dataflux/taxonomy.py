@@ -144,6 +144,9 @@ class Taxonomy:
                 # metadata vocabularies come ordered (by language, then length: nearest = similar
                 # phrases); label vocabularies are sorted so they do not depend on listing order
                 vocab = list(dict.fromkeys(words)) if self.values_from[c.id] == "metadata" else sorted(set(words))
+                # a metadata leaf with fixed values too: the source's values first (its nearest
+                # distractors), then the fixed ones, so a single-language corpus still has options
+                vocab = list(dict.fromkeys([*vocab, *c.values]))
                 c = dataclasses.replace(c, values=vocab if len(vocab) >= MIN_VALUES else [])
             cats.append(c)
         return dataclasses.replace(self, categories=tuple(cats))
@@ -263,8 +266,10 @@ def _parse_leaf(leaf: Any, i: int, origin: str) -> tuple[Category, str | None]:
     if path[3] != leaf["id"]:
         raise fail(f"path's last level {path[3]!r} must equal the id")
     has_values, vf = "values" in leaf and leaf["values"] is not None, leaf.get("values_from")
-    if has_values == (vf is not None):
-        raise fail("give exactly one of 'values' (a fixed vocabulary) or 'values_from: labels'")
+    if not has_values and vf is None:
+        raise fail("give 'values' (a fixed vocabulary) or 'values_from' (labels or metadata)")
+    if has_values and vf not in (None, "metadata"):
+        raise fail("'values' with 'values_from: labels': give one of them (the labels are the vocabulary)")
     values: list[str] = []
     if vf is not None and vf not in VALUES_FROM:
         raise fail(f"values_from must be one of {sorted(VALUES_FROM)}, got {vf!r}")
