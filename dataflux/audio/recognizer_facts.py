@@ -173,13 +173,24 @@ def _check_text(rec: WhisperRecognizer, clip: Clip, state: np.ndarray, probs: di
     encoded = ctranslate2.StorageView.from_array(state)
     own = rec.transcribe(None, [language], encoded)[0]
     options = [text, *distinct_neighbours(vocab, text, N_COMPETITORS)]
-    scores = rec.claim_scores(clip.samples, [*options, own or "."], language, encoded)
+    # each option scored as written and as Whisper writes a sentence (capital, final stop): a
+    # corpus's lower-case "trabajo" must not lose to the model's own "Trabajo." on spelling
+    forms = [form for option in options for form in (option, _as_sentence(option))]
+    found = rec.claim_scores(clip.samples, [*forms, own or "."], language, encoded)
+    scores = [max(found[2 * i], found[2 * i + 1]) for i in range(len(options))] + [found[-1]]
     claim, others, ceiling = scores[0], scores[1:-1], scores[-1]
-    heard = all(claim > s for s in others) and claim > ceiling - FREE_DECODE_MARGIN
+    same_words = bool(own) and wer(text, own, language) == 0.0  # the model's own transcript is the claim
+    heard = same_words or (all(claim > s for s in others) and claim > ceiling - FREE_DECODE_MARGIN)
     raw.update({"recognizer": model_id(rec), "recognizer_heard": own, "claim_score": round(claim, 3),
                 "free_decode_score": round(ceiling, 3),
                 "recognizer_choice": options[int(np.argmax(scores[:-1]))]})
     _settle_text(clip, text, heard)
+
+
+def _as_sentence(text: str) -> str:
+    """`text` as a transcriber writes a sentence: first letter upper-case, a final stop."""
+    text = text[:1].upper() + text[1:]
+    return text + "." if text[-1:].isalnum() else text
 
 
 def _check_text_by_wer(clip: Clip, own: str, vocab: list[str], model: str) -> None:
