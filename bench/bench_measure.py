@@ -17,8 +17,8 @@ from pathlib import Path
 import ctranslate2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import real_audio as ra  # noqa: E402  (the test recordings, fetched from Debian packages)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers import real_audio as ra  # noqa: E402  (the test recordings, fetched from Debian packages)
 from dataflux.audio.decode import decode_audio  # noqa: E402
 from dataflux.audio.label_noise import check_labels  # noqa: E402
 from dataflux.audio.whisper import WhisperRecognizer, ensure_whisper_base  # noqa: E402
