@@ -112,3 +112,12 @@ def test_transcript_distractors_differ_from_the_answer_and_each_other_in_a_third
     got = distinct_neighbours(phrases, "You are now unmuted.", 3)
     assert "You are now muted." not in got and len(got) == 3
     assert not {"...to leave the conference", "To leave the conference."} <= set(got)
+
+
+def test_a_metadata_leaf_with_fixed_values_offers_the_sources_values_first_then_the_fixed_ones():
+    tax = load_taxonomy()
+    fixed = tax.leaf("spoken_language").values
+    bound = tax.bind_labels({"spoken_language": ["Czech", "Dutch"]}).leaf("spoken_language")
+    assert bound.values[:2] == ["Czech", "Dutch"]  # a language outside the fixed list gets its question
+    assert bound.values[2:] == [v for v in fixed if v != "Dutch"]
+    assert tax.bind_labels({"spoken_text": ["a", "b"]}).leaf("spoken_text").values == []  # too few: not asked
