@@ -139,8 +139,7 @@ def _whisper_facts(todo: Sequence[Clip], vocab: list[str]) -> dict[int, dict[str
             heard = _own_transcripts(rec, [batch[k] for k in texts], states[texts], [found[k] for k in texts])
             for k, clip in enumerate(batch):
                 probs[id(clip)] = found[k]
-            for k, own in zip(texts, heard):
-                _check_text(rec, batch[k], states[k:k + 1], found[k], vocab, own)
+            _check_texts(rec, [(batch[k], k, found[k], own) for k, own in zip(texts, heard)], states, vocab)
     return probs
 
 
@@ -178,29 +177,32 @@ def _batches(clips: Sequence[Clip]) -> list[list[Clip]]:
     return [ordered[i:i + BATCH] for i in range(0, len(ordered), BATCH)]
 
 
-def _check_text(rec: WhisperRecognizer, clip: Clip, state: np.ndarray, probs: dict[str, float],
-                vocab: list[str], own: str) -> None:
-    """Score the claimed transcript against its distractors and the model's own transcript."""
-    raw = clip.facts["raw"]
-    text = " ".join(str(clip.item.labels["transcript"]).split())
-    language = _claimed_language(clip) or next(iter(probs))
-    encoded = ctranslate2.StorageView.from_array(state)
-    raw.update({"recognizer": model_id(rec), "recognizer_heard": own})
-    if own and wer(text, own, language) == 0.0:  # the model's own transcript says the claim's words:
-        raw["recognizer_choice"] = text  # heard, and no scoring is needed
-        _settle_text(clip, text, True)
-        return
-    options = [text, *distinct_neighbours(vocab, text, N_COMPETITORS)]
-    # each option scored as written and as Whisper writes a sentence (capital, final stop): a
-    # corpus's lower-case "trabajo" must not lose to the model's own "Trabajo." on spelling
-    forms = [form for option in options for form in (option, _as_sentence(option))]
-    found = rec.claim_scores(clip.samples, [*forms, own or "."], language, encoded)
-    scores = [max(found[2 * i], found[2 * i + 1]) for i in range(len(options))] + [found[-1]]
-    claim, others, ceiling = scores[0], scores[1:-1], scores[-1]
-    heard = all(claim > s for s in others) and claim > ceiling - FREE_DECODE_MARGIN
-    raw.update({"claim_score": round(claim, 3), "free_decode_score": round(ceiling, 3),
-                "recognizer_choice": options[int(np.argmax(scores[:-1]))]})
-    _settle_text(clip, text, heard)
+def _check_texts(rec: WhisperRecognizer, todo: list[tuple[Clip, int, dict[str, float], str]], states: np.ndarray,
+                 vocab: list[str]) -> None:
+    """Each claimed transcript against its distractors and the model's own transcript (one scoring
+    pass for the batch): (clip, row of `states`, language probabilities, own transcript) each."""
+    scored = []
+    for clip, row, probs, own in todo:
+        text = " ".join(str(clip.item.labels["transcript"]).split())
+        language = _claimed_language(clip) or next(iter(probs))
+        clip.facts["raw"].update({"recognizer": model_id(rec), "recognizer_heard": own})
+        if own and wer(text, own, language) == 0.0:  # the model's own transcript says the claim's words:
+            clip.facts["raw"]["recognizer_choice"] = text  # heard, and no scoring is needed
+            _settle_text(clip, text, True)
+            continue
+        options = [text, *distinct_neighbours(vocab, text, N_COMPETITORS)]
+        # each option scored as written and as Whisper writes a sentence (capital, final stop): a
+        # corpus's lower-case "trabajo" must not lose to the model's own "Trabajo." on spelling
+        forms = [form for option in options for form in (option, _as_sentence(option))]
+        scored.append((clip, text, options, (row, [*forms, own or "."], language, len(clip.samples))))
+    found = rec.claim_scores_many(states, [request for *_, request in scored]) if scored else []
+    for (clip, text, options, _), scores in zip(scored, found):
+        best = [max(scores[2 * i], scores[2 * i + 1]) for i in range(len(options))]
+        claim, others, ceiling = best[0], best[1:], scores[-1]
+        heard = all(claim > s for s in others) and claim > ceiling - FREE_DECODE_MARGIN
+        clip.facts["raw"].update({"claim_score": round(claim, 3), "free_decode_score": round(ceiling, 3),
+                                  "recognizer_choice": options[int(np.argmax(best))]})
+        _settle_text(clip, text, heard)
 
 
 def _as_sentence(text: str) -> str:

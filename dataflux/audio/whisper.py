@@ -109,6 +109,27 @@ class WhisperRecognizer:
         results = self.model.align(batch, list(tok.sot_sequence) + [tok.no_timestamps], tokens, frames)
         return [float(np.mean(np.log(np.maximum(r.text_token_probs, 1e-12)))) for r in results]
 
+    def claim_scores_many(self, states: np.ndarray, requests: list[tuple[int, list[str], str, int]]) -> list[list[float]]:
+        """`claim_scores` for many clips at once: `states` [B, T, D] from `encode`; each request is
+        (row of `states`, candidate texts, language, the clip's samples). One `align` call per language."""
+        out: list[list[float]] = [[] for _ in requests]
+        for language in dict.fromkeys(r[2] for r in requests):
+            tok = self.tokenizer(language)
+            mine = [k for k, r in enumerate(requests) if r[2] == language]
+            rows, tokens, frames, owner = [], [], [], []
+            for k in mine:
+                row, candidates, _, n_samples = requests[k]
+                for c in candidates:
+                    rows.append(row)
+                    tokens.append(tok.encode(" " + c.strip()) or [tok.eot])
+                    frames.append(min(self.frames, max(1, int(n_samples / self.features.hop_length))))
+                    owner.append(k)
+            batch = ctranslate2.StorageView.from_array(np.ascontiguousarray(states[rows]))
+            found = self.model.align(batch, list(tok.sot_sequence) + [tok.no_timestamps], tokens, frames)
+            for k, r in zip(owner, found):
+                out[k].append(float(np.mean(np.log(np.maximum(r.text_token_probs, 1e-12)))))
+        return out
+
     def transcribe(self, clips: list[np.ndarray], languages: list[str],
                    encoded: ctranslate2.StorageView | None = None, max_length: int = 128) -> list[str]:
         """Greedy decoding of each clip in its given language."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import duckdb
 
+from dataflux.fields import LABEL_LEAVES
 from dataflux.storage.catalog.connection import CatalogFile
 from dataflux.storage.catalog.errors import CatalogError
 from dataflux.storage.catalog.values import read_parquet_sql
@@ -79,9 +80,23 @@ class CatalogStats(CatalogFile):
                                              "GROUP BY 1, 2 ORDER BY 1, 2"):
                     shares.setdefault(leaf, {})[level] = n
                 out["verification_by_leaf"] = shares
+                out["metadata_only_reasons"] = _metadata_only_reasons(q)
             except duckdb.BinderException:  # shards written before rows recorded their verification
                 out["verification_by_leaf"] = {}
+                out["metadata_only_reasons"] = {}
         return out
+
+
+def _metadata_only_reasons(q: _Reader) -> dict[str, dict[str, int]]:
+    """Why class-label rows stayed metadata-only: l3 -> the label check's reason -> rows (a class too
+    rare to judge, one class alone); rows of a source whose labels were not checked are "not checked"."""
+    out: dict[str, dict[str, int]] = {}
+    for leaf, reason, n in q.many(
+            "SELECT l3, coalesce(json_extract_string(facts, '$.raw.' || l3 || '_label_check'), 'not checked'), "
+            "count(*) FROM s WHERE verification = 'metadata-only' AND l3 IN "
+            f"({', '.join(repr(v) for v in LABEL_LEAVES.values())}) GROUP BY 1, 2 ORDER BY 1, 2"):
+        out.setdefault(leaf, {})[reason] = int(n)
+    return out
 
 
 def _samples_views(con: duckdb.DuckDBPyConnection, rel: str) -> None:
