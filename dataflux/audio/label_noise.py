@@ -19,11 +19,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-from cleanlab.filter import find_label_issues
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from dataflux.fields import LABEL_LEAVES
 
@@ -40,6 +35,12 @@ class LabelVerdict:
 
 def out_of_fold_probabilities(embeddings: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     """[N, C] class probabilities of each clip from a classifier that never saw it (C: sorted classes)."""
+    # lazy: scikit-learn stays out of start-up until a source's labels are judged
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return cross_val_predict(model, embeddings, labels, cv=split, method="predict_proba")
@@ -65,6 +66,8 @@ def check_labels(embeddings: np.ndarray, labels: list[str], *, min_clips: int = 
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[labels[i]] for i in judged])
     probs = out_of_fold_probabilities(embeddings[judged], y, folds=min(min_clips, min(Counter(y).values())), seed=seed)
+    from cleanlab.filter import find_label_issues  # lazy: as scikit-learn above
+
     issues = find_label_issues(labels=y, pred_probs=probs)
     for row, i in enumerate(judged):
         verdicts[i] = LabelVerdict("measured", not bool(issues[row]), classes[int(np.argmax(probs[row]))])

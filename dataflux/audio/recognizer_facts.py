@@ -42,19 +42,20 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import ctranslate2
 import numpy as np
 
 from dataflux.audio.speakers import MIN_SPEAKER_CLIPS, speaker_of
 from dataflux.audio.speech_facts import OTHER_WORDS, PENDING, N_COMPETITORS, tempo_word
 from dataflux.audio.speech import word_count_word, normalise_words
-from dataflux.audio.whisper import LANGUAGE_FLOOR, WhisperRecognizer
 from dataflux.fields import language_code, language_name
 from dataflux.records import Clip
 from dataflux.taxonomy import distinct_neighbours
 from dataflux.text_metrics import wer
+
+if TYPE_CHECKING:  # the model is loaded on first use (`recognizer()`): CTranslate2 stays out of start-up
+    from dataflux.audio.whisper import WhisperRecognizer
 
 BATCH = 8
 WINDOW_S = 8.0  # bench/bench_measure.py: as accurate as the 30 s window on short prompts, 6x faster
@@ -91,6 +92,8 @@ def set_recognizer(folder: str | None, transcriber: Transcriber | None = None) -
 
 @lru_cache(maxsize=2)
 def _load(folder: str | None) -> WhisperRecognizer:
+    from dataflux.audio.whisper import WhisperRecognizer  # lazy: CTranslate2 and faster-whisper out of start-up
+
     return WhisperRecognizer(folder, window_s=WINDOW_S)
 
 
@@ -151,6 +154,8 @@ def _own_transcripts(rec: WhisperRecognizer, clips: Sequence[Clip], states: np.n
     languages = [_claimed_language(c) or next(iter(p)) for c, p in zip(clips, probs)]
     # speech runs at most ~8 tokens a second: a longer decode is the decoder repeating itself
     longest = max(len(c.samples) for c in clips) / 16000
+    import ctranslate2  # lazy: loaded with the model (see `_load`)
+
     return rec.transcribe(None, languages, ctranslate2.StorageView.from_array(np.ascontiguousarray(states)),
                           max_length=int(12 + 8 * longest))
 
@@ -247,6 +252,8 @@ class LanguageRules:
 
 
 def _probabilities_keep(p: dict[str, float], claimed: str, against_pool: bool) -> bool:
+    from dataflux.audio.whisper import LANGUAGE_FLOOR  # lazy: loaded with the model (see `_load`)
+
     return p.get(claimed, 0.0) >= (CLIP_CONFIDENT if against_pool else LANGUAGE_FLOOR)
 
 
