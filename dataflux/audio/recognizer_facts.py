@@ -65,8 +65,6 @@ FREE_DECODE_MARGIN = 2.0  # nats per token the claim may fall short of the model
 # at most half the claim's words are edited: a recognizer that hears a different phrase of a
 # similar length gets most words wrong, one that hears the claim with a slip or two stays below.
 MAX_CLAIM_WER = 0.5
-LANGUAGE_LEAVES = ("spoken_language",)
-TEXT_LEAVES = ("spoken_text", "spoken_word_count", "speech_tempo")
 
 _lock = threading.Lock()
 _chosen: dict[str, Any] = {}

@@ -101,13 +101,8 @@ class WhisperRecognizer:
     def claim_scores(self, clip: np.ndarray, candidates: list[str], language: str,
                      encoded: ctranslate2.StorageView | None = None) -> list[float]:
         """Mean log-probability per token of each candidate text given the clip (teacher-forced)."""
-        tok = self.tokenizer(language)
         states = np.array(encoded if encoded is not None else self.encode([clip]))
-        batch = ctranslate2.StorageView.from_array(np.repeat(states[:1], len(candidates), axis=0))
-        tokens = [tok.encode(" " + c.strip()) or [tok.eot] for c in candidates]
-        frames = min(self.frames, max(1, int(len(clip) / self.features.hop_length)))
-        results = self.model.align(batch, list(tok.sot_sequence) + [tok.no_timestamps], tokens, frames)
-        return [float(np.mean(np.log(np.maximum(r.text_token_probs, 1e-12)))) for r in results]
+        return self.claim_scores_many(states[:1], [(0, candidates, language, len(clip))])[0]
 
     def claim_scores_many(self, states: np.ndarray, requests: list[tuple[int, list[str], str, int]]) -> list[list[float]]:
         """`claim_scores` for many clips at once: `states` [B, T, D] from `encode`; each request is

@@ -48,7 +48,6 @@ def make_example_row(
     """A row that follows the row contract, with `row_sha256` filled in; `overrides` replace columns."""
     audio = audio_bytes if audio_bytes is not None else tone_wav_bytes()
     audio_sha = hashlib.sha256(audio).hexdigest()
-    letters = "ABCD"
     question = "What is the approximate pitch of the tone in this recording?"
     answer = choices[answer_index]
     sample_id = hashlib.sha256(f"{audio_sha}:{l3}:{question_no}:{question}".encode()).hexdigest()[:24]
@@ -80,6 +79,24 @@ def make_example_row(
         "answer": answer,
         "answer_index": answer_index,
         "reasoning": f"The measured fundamental is {answer}.",
+        **_verification(answer_index, answer),
+        "calls": [call],
+        "tokens_in": 10,
+        "tokens_out": 20,
+        "cost_usd": 0.001,
+        "run_id": run_id,
+        "code_version": code_version,
+        "messages": _messages(question, choices, answer_index),
+        "row_sha256": None,
+    }
+    row.update(overrides)
+    row["row_sha256"] = row_content_sha256(row)
+    return row
+
+
+def _verification(answer_index: int, answer: str) -> dict[str, Any]:
+    """The answering and judging columns of a row the measuring answerer and the judge agree on."""
+    return {
         "winner": "MODEL_A",
         "answers": [
             {"answerer": "measure", "sees_audio": True, "answer_index": answer_index, "answer_text": answer,
@@ -97,19 +114,14 @@ def make_example_row(
              "reasoning": "Without the audio: the question names none of the options; I abstain.",
              "model": "reference-text-only@1"},
         ],
-        "calls": [call],
-        "tokens_in": 10,
-        "tokens_out": 20,
-        "cost_usd": 0.001,
-        "run_id": run_id,
-        "code_version": code_version,
-        "messages": [
-            {"role": "user", "content": "<audio>" + question + "\n"
-             + "\n".join(f"({letters[i]}) {c}" for i, c in enumerate(choices))},
-            {"role": "assistant", "content": f"({letters[answer_index]}) {answer}"},
-        ],
-        "row_sha256": None,
     }
-    row.update(overrides)
-    row["row_sha256"] = row_content_sha256(row)
-    return row
+
+
+def _messages(question: str, choices: tuple[str, ...], answer_index: int) -> list[dict[str, str]]:
+    """The chat turns of a multiple-choice row: the question with lettered options, then the answer."""
+    letters = "ABCD"
+    return [
+        {"role": "user", "content": "<audio>" + question + "\n"
+         + "\n".join(f"({letters[i]}) {c}" for i, c in enumerate(choices))},
+        {"role": "assistant", "content": f"({letters[answer_index]}) {choices[answer_index]}"},
+    ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.helpers import real_audio as ra
@@ -115,7 +114,6 @@ def test_flipped_instrument_labels_are_caught_by_the_rest_of_the_corpus():
     assert all(c.facts["music_instrument"] in (*classes, OTHER_CLASS) for c in caught)
     rare = clips[-1]  # one clip of its class: too rare to judge, the claim stays metadata-only
     assert "music_instrument" not in rare.facts and "too rare" in rare.facts["raw"]["music_instrument_label_check"]
-    assert np.isfinite(len(checked))
 
 
 @pytest.mark.slow
