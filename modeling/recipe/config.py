@@ -85,6 +85,7 @@ class TrainSpec:
     warmup_steps: int = 50
     max_steps: int = 1000
     max_minutes: float | None = None  # stop early (with a checkpoint) when the wall time is spent
+    anneal: str = "steps"  # steps: cosine over max_steps | budget: over max_steps or max_minutes, first spent
     grad_clip: float = 1.0
     precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | bf16 | fp32
     num_threads: int | None = None  # torch intra-op threads (1 is fastest on a busy 2-core machine)
@@ -264,6 +265,8 @@ def _check_train(spec: TrainSpec, where: str) -> None:
                                                   f"{where}.category_stages[{i}].category_weights")
     if spec.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"{where}.precision: {spec.precision!r} is not one of auto, bf16, fp32")
+    if spec.anneal not in ("steps", "budget") or (spec.anneal == "budget" and not spec.max_minutes):
+        raise ValueError(f"{where}.anneal: {spec.anneal!r} must be steps, or budget with max_minutes set")
 
 
 def _check_model(spec: ModelSpec, where: str) -> None:

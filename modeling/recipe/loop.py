@@ -35,7 +35,7 @@ def train_loop(run: Run, model, optimizer, scheduler, loader: TrainLoader, progr
     model.train()
     while progress.step < spec.max_steps:
         grad_norm = train_step(run, model, optimizer, scheduler, batches, params, progress, outcome.window)
-        progress.elapsed_s = time.monotonic() - started
+        progress.elapsed_s = _agreed_elapsed(run, time.monotonic() - started)
         if run.main and (progress.step % spec.log_every == 0 or progress.step == 1):
             _log(run, step_line(run, model, scheduler, progress, outcome.window, grad_norm))
         reached = _validate(run, model, processor, validation, progress.step)
@@ -60,6 +60,15 @@ def train_loop(run: Run, model, optimizer, scheduler, loader: TrainLoader, progr
                 run.log(f"time budget of {spec.max_minutes} min spent at step {progress.step}")
             break
     return outcome
+
+
+def _agreed_elapsed(run: Run, elapsed_s: float) -> float:
+    """The slowest process's wall time, so that every process reads the same clock: the time budget stops
+    them at one step, and a schedule that anneals on the budget sets one learning rate on all of them."""
+    if run.accelerator.num_processes == 1:
+        return elapsed_s
+    clock = torch.tensor([elapsed_s], dtype=torch.float64, device=run.accelerator.device)
+    return float(run.accelerator.reduce(clock, "max").item())
 
 
 def _log(run: Run, line: dict) -> None:

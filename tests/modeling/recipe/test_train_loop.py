@@ -169,7 +169,8 @@ def test_unknown_config_keys_are_named(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_run_under_torchrun_completes_and_records(version, tmp_path):
     catalog, vid = version
-    config = _config(tmp_path, max_steps=3, eval_max_rows=2, eval_zero_audio=False)
+    # annealing on the budget: both processes read the slowest one's clock, so they step at one rate
+    config = _config(tmp_path, max_steps=3, eval_max_rows=2, eval_zero_audio=False, anneal="budget", max_minutes=20)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "modeling.train",
@@ -190,6 +191,31 @@ def test_training_stops_once_every_validation_category_reaches_the_target(versio
     unreachable = _config(tmp_path, eval_every=2, stop_at_accuracy=1.01, max_steps=4)
     result = train(vid, unreachable, catalog_path=catalog, output_dir=tmp_path / "full", evaluate=False, record=False)
     assert result["metrics"]["stop_reason"] == "max_steps" and result["metrics"]["steps"] == 4
+
+
+@pytest.mark.parametrize("anneal", ["budget", "steps"])
+def test_a_run_the_time_budget_stops_ends_at_the_floor_rate_only_when_it_anneals_on_the_budget(version, tmp_path,
+                                                                                                 anneal):
+    catalog, vid = version
+    config = _config(tmp_path, max_steps=100_000, max_minutes=0.08, anneal=anneal, min_lr_ratio=0.05,
+                     save_every=100_000)
+    result = train(vid, config, catalog_path=catalog, output_dir=tmp_path / anneal, evaluate=False, record=False,
+                   log=lambda *_: None)
+    assert result["metrics"]["stop_reason"] == "time_budget", result["metrics"]
+    lines = [json.loads(line) for line in (tmp_path / anneal / "metrics.jsonl").read_text().splitlines()]
+    lrs = [rec["lr"] for rec in lines if "lr" in rec]
+    peak, floor = MICRO["train"]["lr"], 0.05 * MICRO["train"]["lr"]
+    assert len(lrs) > 10, "too few steps in the budget to see the schedule"
+    if anneal == "budget":  # down the whole cosine within the 4.8 s, whatever the steps it bought
+        assert lrs[-1] < floor + 0.05 * (peak - floor), lrs[-5:]
+        assert lrs[len(lrs) // 2] < peak * 0.9 and lrs[len(lrs) // 2] > lrs[-1]
+    else:  # 100k steps: still at the top of the cosine when the budget runs out
+        assert lrs[-1] > 0.99 * peak, lrs[-5:]
+
+
+def test_annealing_on_a_budget_without_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.anneal: 'budget' must be steps, or budget with max_minutes set"):
+        TrainConfig.load(_config(tmp_path, anneal="budget"))
 
 
 # Losses of the micro preset's first steps (max_steps 8) on the 30-clip tone version, measured with torch
