@@ -81,22 +81,23 @@ class Transcriber(Protocol):
         ...
 
 
-def set_recognizer(folder: str | None, transcriber: Transcriber | None = None) -> None:
-    """Use another faster-whisper model folder (None: the packaged Whisper base); with a
-    `transcriber`, speech is heard by it, and the folder only embeds clips (`embed`)."""
-    _chosen["folder"] = folder
-    _chosen["transcriber"] = transcriber
+def set_recognizer(folder: str | None, transcriber: Transcriber | None = None, *, device: str = "cpu",
+                   compute_type: str | None = None) -> None:
+    """Use another faster-whisper model folder (None: the packaged Whisper base) on `device` (cpu, cuda or
+    auto) at `compute_type` (CTranslate2's; default int8 on CPU, float16 on CUDA); with a `transcriber`,
+    speech is heard by it, and the folder only embeds clips (`embed`)."""
+    _chosen.update(folder=folder, transcriber=transcriber, device=device, compute_type=compute_type)
 
 
 @lru_cache(maxsize=2)
-def _load(folder: str | None) -> WhisperRecognizer:
+def _load(folder: str | None, device: str, compute_type: str | None) -> WhisperRecognizer:
     from dataflux.audio.whisper import WhisperRecognizer  # lazy: CTranslate2 and faster-whisper out of start-up
 
-    return WhisperRecognizer(folder, window_s=WINDOW_S)
+    return WhisperRecognizer(folder, window_s=WINDOW_S, device=device, compute_type=compute_type)
 
 
 def recognizer() -> WhisperRecognizer:
-    return _load(_chosen.get("folder"))
+    return _load(_chosen.get("folder"), _chosen.get("device", "cpu"), _chosen.get("compute_type"))
 
 
 def model_id(rec: WhisperRecognizer) -> str:

@@ -43,7 +43,8 @@ class LanguageGuess:
 
 
 class WhisperRecognizer:
-    """One faster-whisper model folder on CPU (int8) or CUDA (float16)."""
+    """One faster-whisper model folder on CPU (int8) or CUDA (float16); device "auto" takes CUDA when
+    CTranslate2 sees a CUDA device."""
 
     def __init__(self, folder: Path | None = None, *, device: str = "cpu", cpu_threads: int = 2,
                  window_s: float = FULL_WINDOW_S, compute_type: str | None = None) -> None:
@@ -53,9 +54,10 @@ class WhisperRecognizer:
         if not 1.0 <= window_s <= FULL_WINDOW_S:
             raise ValueError(f"window_s={window_s}: must be between 1 and {FULL_WINDOW_S:.0f} seconds")
         self.folder = folder
+        self.device = _device(device)
         self.model = ctranslate2.models.Whisper(
-            str(folder), device=device, compute_type=compute_type or ("int8" if device == "cpu" else "float16"),
-            intra_threads=cpu_threads)
+            str(folder), device=self.device, intra_threads=cpu_threads,
+            compute_type=compute_type or ("int8" if self.device == "cpu" else "float16"))
         n_mels = self.model.n_mels
         self.features = FeatureExtractor(feature_size=n_mels)
         self.tokenizer_json = HFTokenizer.from_file(str(folder / "tokenizer.json"))
@@ -149,3 +151,14 @@ def transcript_heard(claim_score: float, distractor_scores: list[float], floor: 
 def language_heard(probabilities: dict[str, float], claimed: str, floor: float = LANGUAGE_FLOOR) -> bool:
     """The claimed language keeps at least `floor` of the language-ID probability."""
     return probabilities.get(claimed, 0.0) >= floor
+
+
+def _device(device: str) -> str:
+    """cpu, cuda, or auto resolved to one of them; cuda without a CUDA device is refused by name."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"recognizer device {device!r}: expected cpu, cuda or auto")
+    cuda = ctranslate2.get_cuda_device_count() > 0
+    if device == "cuda" and not cuda:
+        raise ValueError("recognizer device 'cuda': CTranslate2 sees no CUDA device on this machine "
+                         "(use cpu, or auto to take CUDA only where there is one)")
+    return "cuda" if device == "auto" and cuda else ("cpu" if device == "auto" else device)

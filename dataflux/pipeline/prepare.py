@@ -88,12 +88,13 @@ def prepare(config: Config, source_name: str, partition: int, n_partitions: int,
 
 def choose_recognizer(config: Config) -> None:
     """Who hears speech in this process (`recognizer` in the config): the packaged Whisper base, a
-    faster-whisper folder (relative to the config's folder), or an endpoint whose replies the
-    catalog's call cache keeps."""
+    faster-whisper folder (relative to the config's folder), on the CPU or a CUDA device, or an
+    endpoint whose replies the catalog's call cache keeps."""
     choice = dict(config.data.get("recognizer") or {})
     folder = choice.pop("folder", None)
+    local = {key: choice.pop(key) for key in ("device", "compute_type") if key in choice}
     endpoint = TranscriptionEndpoint(choice, CatalogCallCache(config.catalog_path)) if choice else None
-    set_recognizer(config.resolve_source_path(folder) if folder else None, endpoint)
+    set_recognizer(config.resolve_source_path(folder) if folder else None, endpoint, **local)
 
 
 def source_leaves(config: Config, source_name: str, taxonomy) -> list:

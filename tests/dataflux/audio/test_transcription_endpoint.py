@@ -192,7 +192,8 @@ def test_a_recognizer_folder_measures_what_the_packaged_default_does(measured, t
     default, _, _ = _clips(records)
     add_recognizer_facts(default, LEAVES, {"spoken_text": measured["vocab"]})
     chosen, _, _ = _clips(records)
-    choose_recognizer(_config(tmp_path, {"folder": str(ensure_whisper_base())}))
+    # auto: CUDA where CTranslate2 sees a device, else the CPU at int8, as the default runs
+    choose_recognizer(_config(tmp_path, {"folder": str(ensure_whisper_base()), "device": "auto"}))
     add_recognizer_facts(chosen, LEAVES, {"spoken_text": measured["vocab"]})
     assert [c.facts for c in chosen] == [c.facts for c in default]
     assert {c.facts["raw"]["language_recognizer"] for c in chosen} == {f"whisper:{ensure_whisper_base().name}@8s"}
@@ -205,6 +206,26 @@ def test_the_recognizer_config_names_what_is_missing_or_unknown(tmp_path):
         _config(tmp_path, {"endpoint": "http://127.0.0.1:9/v1", "model": "m", "language": "ru"})
     with pytest.raises(ConfigError, match="recognizer.endpoint"):
         _config(tmp_path, {"endpoint": "127.0.0.1:9", "model": "m"})
+    with pytest.raises(ConfigError, match="recognizer.device"):
+        _config(tmp_path, {"folder": "models/whisper", "device": "tpu"})
+    with pytest.raises(ConfigError, match="recognizer.compute_type"):
+        _config(tmp_path, {"device": "cuda", "compute_type": "fp16"})
     config = _config(tmp_path, {"endpoint": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "NO_SUCH_KEY"})
     assert config.source_sha256("demo") != _config(tmp_path, {}).source_sha256("demo")
     assert copy.deepcopy(_config(tmp_path, {}).data["recognizer"]) == {}
+
+
+@pytest.mark.parametrize("cuda_devices,asked,runs_on", [(0, "auto", "cpu"), (1, "auto", "cuda"), (1, "cuda", "cuda"),
+                                                         (1, "cpu", "cpu"), (0, "cuda", None)])
+def test_the_recognizer_runs_where_the_config_says_and_refuses_cuda_without_a_device(monkeypatch, cuda_devices,
+                                                                                     asked, runs_on):
+    import ctranslate2
+
+    from dataflux.audio import whisper
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: cuda_devices)
+    if runs_on is None:
+        with pytest.raises(ValueError, match="'cuda': CTranslate2 sees no CUDA device"):
+            whisper._device(asked)
+    else:
+        assert whisper._device(asked) == runs_on
