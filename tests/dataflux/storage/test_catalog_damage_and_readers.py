@@ -100,7 +100,7 @@ def test_a_long_read_does_not_keep_a_writer_waiting(tmp_path):
         writer = Catalog(path, lock_timeout_s=1.0)  # gives up after 1 s on the lock
         started = time.monotonic()
         vid = writer.create_version("while-reading")
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # inside the reader's 4 s: it did not wait for the read (slack for load)
         assert writer.get_version(vid)["name"] == "while-reading"
         assert reader.poll() is None, "the reader was still reading while the writer wrote"
         assert reader.stdout.readline().strip() == "10000000"
