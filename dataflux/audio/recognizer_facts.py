@@ -42,14 +42,17 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from dataflux.audio.embedding_cache import EmbeddingStore, embed_with_store
 from dataflux.audio.speakers import MIN_SPEAKER_CLIPS, speaker_of
 from dataflux.audio.speech_facts import OTHER_WORDS, PENDING, N_COMPETITORS, tempo_word
 from dataflux.audio.speech import word_count_word, normalise_words
 from dataflux.fields import language_code, language_name
+from dataflux.packaged_weights import cache_dir
 from dataflux.records import Clip
 from dataflux.taxonomy import distinct_neighbours
 from dataflux.text_metrics import wer
@@ -308,8 +311,17 @@ def _decide_languages(clips: Sequence[Clip], evidence: dict[int, Any], rules: La
             clip.facts["spoken_language"] = language_name(measured)
 
 
-def embed(clips: Sequence[np.ndarray]) -> np.ndarray:
-    """[N, d_model] audio embeddings (the encoder's pooled states), in batches."""
+def embed(clips: Sequence[np.ndarray], store_root: Path | None = None) -> np.ndarray:
+    """[N, d_model] audio embeddings (the encoder's pooled states), in batches; each clip's is kept in
+    the home's embedding store (`store_root`: another cache folder), so it is computed once."""
     rec = recognizer()
-    with _lock:
-        return np.concatenate([rec.pooled_states(list(clips[i:i + BATCH])) for i in range(0, len(clips), BATCH)])
+    weights = (rec.folder / "model.bin").stat()
+    identity = (f"{rec.folder.resolve()}|{weights.st_size}|{weights.st_mtime_ns}|{rec.device}|{rec.compute_type}"
+                f"|{rec.window_s:g}")
+    store = EmbeddingStore(store_root or cache_dir(), identity)
+
+    def compute(todo: list[np.ndarray]) -> np.ndarray:
+        with _lock:
+            return np.concatenate([rec.pooled_states(todo[i:i + BATCH]) for i in range(0, len(todo), BATCH)])
+
+    return embed_with_store(clips, store, compute)

@@ -55,9 +55,9 @@ class WhisperRecognizer:
             raise ValueError(f"window_s={window_s}: must be between 1 and {FULL_WINDOW_S:.0f} seconds")
         self.folder = folder
         self.device = _device(device)
-        self.model = ctranslate2.models.Whisper(
-            str(folder), device=self.device, intra_threads=cpu_threads,
-            compute_type=compute_type or ("int8" if self.device == "cpu" else "float16"))
+        self.compute_type = compute_type or ("int8" if self.device == "cpu" else "float16")
+        self.model = ctranslate2.models.Whisper(str(folder), device=self.device, intra_threads=cpu_threads,
+                                                compute_type=self.compute_type)
         n_mels = self.model.n_mels
         self.features = FeatureExtractor(feature_size=n_mels)
         self.tokenizer_json = HFTokenizer.from_file(str(folder / "tokenizer.json"))
