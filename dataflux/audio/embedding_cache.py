@@ -65,11 +65,11 @@ class EmbeddingStore:
                 pass
 
 
-def embed_with_store(clips: Sequence[np.ndarray], store: EmbeddingStore | None, compute) -> np.ndarray:
+def embed_with_store(clips: Sequence[np.ndarray], store: EmbeddingStore, compute) -> np.ndarray:
     """[N, d] embeddings of `clips`: those `store` holds are read, the rest computed by
     `compute(list of clips) -> [n, d]` in one call and stored."""
-    keys = [EmbeddingStore.key(c) for c in clips] if store is not None else [None] * len(clips)
-    found = [store.get(k) if store is not None else None for k in keys]
+    keys = [EmbeddingStore.key(c) for c in clips]
+    found = [store.get(k) for k in keys]
     dims = {v.shape[0] for v in found if v is not None}
     if len(dims) > 1:  # vectors of another width: not this model's; embed those clips again
         common = max(dims, key=lambda d: sum(v is not None and v.shape[0] == d for v in found))
@@ -79,6 +79,5 @@ def embed_with_store(clips: Sequence[np.ndarray], store: EmbeddingStore | None, 
         fresh = np.asarray(compute([clips[i] for i in missing]), dtype=np.float32)
         for i, vector in zip(missing, fresh):
             found[i] = vector
-            if store is not None:
-                store.put(keys[i], vector)
+            store.put(keys[i], vector)
     return np.stack(found) if found else np.zeros((0, 0), dtype=np.float32)

@@ -161,4 +161,6 @@ def _device(device: str) -> str:
     if device == "cuda" and not cuda:
         raise ValueError("recognizer device 'cuda': CTranslate2 sees no CUDA device on this machine "
                          "(use cpu, or auto to take CUDA only where there is one)")
-    return "cuda" if device == "auto" and cuda else ("cpu" if device == "auto" else device)
+    if device == "auto":
+        return "cuda" if cuda else "cpu"
+    return device
